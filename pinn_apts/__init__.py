@@ -1,0 +1,43 @@
+"""pinn-apts: physics-informed neural networks trained with the data-parallel
+Additively Preconditioned Trust-Region Strategy (APTS) and its baselines."""
+
+from .data import CollocationSampler, Curriculum, PINNDataModule, partition_collocation
+from .loss import CollocationBatch, LossTerms, pinn_loss
+from .metrics import RelativeL2Error
+from .model import MLP
+from .modules import AdamPINN, LBFGSPINN, PINNModule
+from .problems import (
+    Burgers,
+    Heat,
+    Laplace,
+    PDEProblem,
+    available_problems,
+    get_problem,
+    gradient,
+    register_problem,
+)
+
+__all__ = [
+    "AdamPINN",
+    "Burgers",
+    "CollocationBatch",
+    "CollocationSampler",
+    "Curriculum",
+    "Heat",
+    "LBFGSPINN",
+    "Laplace",
+    "LossTerms",
+    "MLP",
+    "PDEProblem",
+    "PINNDataModule",
+    "PINNModule",
+    "RelativeL2Error",
+    "available_problems",
+    "get_problem",
+    "gradient",
+    "partition_collocation",
+    "pinn_loss",
+    "register_problem",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,49 @@
+"""The ``pinn-apts`` command line, built on ``LightningCLI``.
+
+``pinn-apts fit`` trains the embedded default configuration
+(``pinn_apts/configs/default.yaml``); ``pinn-apts fit --config FILE`` any other,
+with overrides such as ``--trainer.max_steps 200``; ``pinn-apts fit
+--print_config`` prints the full configuration to start a new one from.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+
+from .data import PINNDataModule
+from .modules import PINNModule
+
+__all__ = ["CONFIG_DIR", "PINNCLI", "cli_main"]
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class PINNCLI(LightningCLI):
+    """LightningCLI whose model gets its problem and seed from the data section."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # One problem and one seed per run: the model takes the data module's.
+        parser.link_arguments("data.problem", "model.init_args.problem", apply_on="instantiate")
+        parser.link_arguments("data.seed", "model.init_args.seed")
+
+
+def cli_main(args: list[str] | None = None) -> PINNCLI:
+    """Entry point of the ``pinn-apts`` console script."""
+    # One batch per outer iteration is produced in the main process by design.
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    return PINNCLI(
+        PINNModule,
+        PINNDataModule,
+        subclass_mode_model=True,
+        parser_kwargs={"fit": {"default_config_files": [str(CONFIG_DIR / "default.yaml")]}},
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    cli_main()

@@ -1,0 +1,266 @@
+"""Lightning modules: the shared PINN module and the Adam and L-BFGS baselines.
+
+One Lightning training step is one outer iteration ``k``.  All modules use
+manual optimization; every optimizer gets the same data, metrics and logging
+from :class:`PINNModule`, and an optimizer only implements
+:meth:`PINNModule.outer_iteration`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torchmetrics import MeanSquaredError
+
+from .loss import CollocationBatch, LossTerms, check_loss_finite, pinn_loss
+from .metrics import RelativeL2Error, error_figure
+from .model import MLP
+from .problems import PDEProblem, check_int, check_positive, resolve_problem
+
+__all__ = ["AdamPINN", "LBFGSPINN", "PINNModule"]
+
+log = logging.getLogger(__name__)
+
+
+class PINNModule(L.LightningModule):
+    """Shared part of every PINN optimizer: network, loss, metrics, logging and the final figure.
+
+    Subclasses implement :meth:`outer_iteration` (and ``configure_optimizers``).
+
+    Parameters
+    ----------
+    problem:
+        A :class:`~pinn_apts.problems.PDEProblem` or a registered name.
+    layer_sizes:
+        Widths of the tanh MLP; the first must equal the problem's input dimension, the last 1.
+    seed:
+        Seed of the network initialization.
+    log_every:
+        The solution error is evaluated every ``log_every`` outer iterations (and at the last);
+        the loss and timings are logged every iteration.
+    eval_points:
+        Size ``(n0, n1)`` of the uniform evaluation grid of the error metrics.
+    """
+
+    def __init__(
+        self,
+        problem: PDEProblem | str = "burgers",
+        layer_sizes: Sequence[int] = (2, 20, 20, 20, 1),
+        seed: int = 0,
+        log_every: int = 1,
+        eval_points: tuple[int, int] = (101, 101),
+    ) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.problem = resolve_problem(problem)
+        sizes = tuple(layer_sizes)
+        if sizes and sizes[0] != self.problem.input_dim:
+            raise ValueError(
+                f"layer_sizes[0] must equal the input dimension of problem {self.problem.name!r} "
+                f"({self.problem.input_dim}), got {sizes[0]}"
+            )
+        if sizes and sizes[-1] != 1:
+            raise ValueError(f"layer_sizes[-1] must be 1 (a scalar solution u), got {sizes[-1]}")
+        self.net = MLP(sizes, seed=seed)
+        self.log_every = check_int("log_every", log_every)
+        n0, n1 = eval_points
+        self.eval_shape = (check_int("eval_points[0]", n0, 2), check_int("eval_points[1]", n1, 2))
+        grid = self.problem.evaluation_grid(*self.eval_shape)
+        self.register_buffer("eval_grid", grid, persistent=False)
+        exact = self.problem.exact_solution(grid) if self.problem.has_exact_solution else None
+        self.register_buffer("eval_exact", exact, persistent=False)
+        # metric states in float64 whatever the precision of the network
+        self.rmse = MeanSquaredError(squared=False).set_dtype(torch.float64)
+        self.rel_l2 = RelativeL2Error().set_dtype(torch.float64)
+        self.save_hyperparameters()
+
+    # ----------------------------------------------------------------- pieces
+    def forward(self, points: Tensor) -> Tensor:
+        return self.net(points)
+
+    def loss_terms(self, batch: CollocationBatch, interior: Tensor | None = None) -> LossTerms:
+        """The loss on ``batch`` (or on ``interior`` with the batch's shared I and B)."""
+        return pinn_loss(self.net, self.problem, batch, interior)
+
+    def outer_iteration(self, batch: CollocationBatch) -> LossTerms:
+        """Advance the parameters by one outer iteration; return the loss terms at its start."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def solution_errors(self) -> dict[str, Tensor]:
+        """RMSE and relative L2 error against the exact solution on the evaluation grid."""
+        if self.eval_exact is None:
+            return {}
+        grid = self.eval_grid.to(self.dtype)
+        prediction, exact = self.net(grid), self.eval_exact.to(self.dtype)
+        errors = {"error/rmse": self.rmse(prediction, exact), "error/rel_l2": self.rel_l2(prediction, exact)}
+        self.rmse.reset()
+        self.rel_l2.reset()
+        return errors
+
+    # -------------------------------------------------------------- lightning
+    def training_step(self, batch: CollocationBatch, batch_idx: int) -> None:
+        batch = batch.to(device=self.device, dtype=self.dtype)
+        start = time.perf_counter()
+        terms = self.outer_iteration(batch)
+        elapsed = time.perf_counter() - start
+        self.log("loss", terms.total, prog_bar=True)
+        self.log_dict(
+            {
+                "loss/interior": terms.interior,
+                "loss/initial": terms.initial,
+                "loss/boundary": terms.boundary,
+                "time/iteration": elapsed,
+            }
+        )
+        k = batch.iteration
+        last = self.trainer.max_steps is not None and k == self.trainer.max_steps - 1
+        if k % self.log_every == 0 or last:
+            errors = self.solution_errors()
+            if errors:
+                self.log("rel_l2", errors.pop("error/rel_l2"), prog_bar=True)
+                self.log_dict(errors)
+
+    def on_train_end(self) -> None:
+        if not (self.trainer.is_global_zero and self.eval_exact is not None):
+            return
+        with torch.no_grad():
+            grid = self.eval_grid.to(self.dtype)
+            prediction = self.net(grid)
+        fig = error_figure(
+            grid,
+            prediction,
+            self.eval_exact.to(self.dtype),
+            self.eval_shape,
+            self.problem.input_names,
+            title=f"{type(self).__name__} on {self.problem.name}, outer iteration {self.global_step}",
+        )
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure("error/heatmap", fig, self.global_step)
+        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(run_dir / "error.png", dpi=120)
+        log.info("error figure written to %s", run_dir / "error.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+
+    # ------------------------------------------------------------- baselines
+    def torch_optimizer_steps(self, batch: CollocationBatch, steps: int) -> LossTerms:
+        """Take ``steps`` full-batch steps of this module's ``torch.optim`` optimizer.
+
+        A non-finite loss restores the parameters of the start of the iteration
+        and raises ``FloatingPointError`` naming the iteration and the term.
+        """
+        opt = self.optimizers()
+        params = [p for group in opt.param_groups for p in group["params"]]
+        start = parameters_to_vector(params).detach().clone()
+        first: list[LossTerms] = []
+
+        def closure() -> Tensor:
+            opt.zero_grad()
+            terms = self.loss_terms(batch)
+            try:
+                check_loss_finite(terms, batch.iteration)
+            except FloatingPointError:
+                with torch.no_grad():
+                    vector_to_parameters(start, params)
+                raise
+            self.manual_backward(terms.total)
+            if not first:
+                first.append(LossTerms(*(t.detach() for t in terms)))
+            return terms.total
+
+        for i in range(steps):
+            # Lightning counts every LightningOptimizer step as a global step; only the
+            # last inner step goes through it, so that global_step counts outer iterations.
+            if i < steps - 1:
+                opt.optimizer.step(closure)
+            else:
+                opt.step(closure=closure)
+        return first[0]
+
+
+class AdamPINN(PINNModule):
+    """Full-batch Adam baseline: ``steps_per_iteration`` Adam steps per outer iteration.
+
+    Parameters
+    ----------
+    lr:
+        Learning rate (the paper uses 9e-3).
+    steps_per_iteration:
+        Optimizer steps per outer iteration (the paper uses 2, to match APTS's two stages).
+    **kwargs:
+        Passed to :class:`PINNModule`.
+    """
+
+    def __init__(self, lr: float = 9e-3, steps_per_iteration: int = 2, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.lr = check_positive("lr", lr)
+        self.steps_per_iteration = check_int("steps_per_iteration", steps_per_iteration)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.parameters(), lr=self.lr)
+
+    def outer_iteration(self, batch: CollocationBatch) -> LossTerms:
+        return self.torch_optimizer_steps(batch, self.steps_per_iteration)
+
+
+class LBFGSPINN(PINNModule):
+    """Full-batch L-BFGS baseline (``torch.optim.LBFGS``), ``steps_per_iteration`` steps per outer iteration.
+
+    Parameters
+    ----------
+    history_size:
+        L-BFGS memory ``m`` (the paper uses 10).
+    line_search_fn:
+        ``None`` is PyTorch's default and the paper's setting (fixed step ``lr``, which
+        can diverge on Burgers); ``"strong_wolfe"`` is the safe choice.
+    lr, max_iter:
+        As in ``torch.optim.LBFGS`` (PyTorch defaults 1 and 20).
+    steps_per_iteration:
+        ``optimizer.step`` calls per outer iteration (the paper uses 2).
+    **kwargs:
+        Passed to :class:`PINNModule`.
+    """
+
+    def __init__(
+        self,
+        history_size: int = 10,
+        line_search_fn: Literal["strong_wolfe"] | None = None,
+        lr: float = 1.0,
+        max_iter: int = 20,
+        steps_per_iteration: int = 2,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if line_search_fn not in (None, "strong_wolfe"):
+            raise ValueError(f"line_search_fn must be None or 'strong_wolfe', got {line_search_fn!r}")
+        self.history_size = check_int("history_size", history_size)
+        self.line_search_fn = line_search_fn
+        self.lr = check_positive("lr", lr)
+        self.max_iter = check_int("max_iter", max_iter)
+        self.steps_per_iteration = check_int("steps_per_iteration", steps_per_iteration)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.LBFGS(
+            self.net.parameters(),
+            lr=self.lr,
+            max_iter=self.max_iter,
+            history_size=self.history_size,
+            line_search_fn=self.line_search_fn,
+        )
+
+    def outer_iteration(self, batch: CollocationBatch) -> LossTerms:
+        return self.torch_optimizer_steps(batch, self.steps_per_iteration)
+

@@ -1,0 +1,368 @@
+"""PDE problems: domain, residual, initial/boundary data and exact solution.
+
+A problem is declared as data plus one residual function.  Points are ``(N, 2)``
+tensors whose columns are ``(t, x)``; for the stationary Laplace problem the
+columns are ``(y, x)`` and the edge ``y = 0`` plays the role of the initial set.
+
+Define your own PDE by subclassing :class:`PDEProblem` and registering it::
+
+    @register_problem
+    class Advection(PDEProblem):
+        '''u_t + c u_x = 0 on (0, 1] x [0, 1], exact u = sin(2 pi (x - c t)).'''
+
+        name = "advection"
+
+        def __init__(self, c: float = 1.0) -> None:
+            super().__init__(bounds=((0.0, 1.0), (0.0, 1.0)))
+            self.c = check_finite("c", c)
+
+        def residual(self, points, u):
+            du = gradient(u, points)
+            return du[:, 0:1] + self.c * du[:, 1:2]
+
+        def exact_solution(self, points):
+            t, x = points[:, 0:1], points[:, 1:2]
+            return torch.sin(2 * torch.pi * (x - self.c * t))
+
+Initial and boundary targets default to the exact solution; override
+:meth:`PDEProblem.initial_values` / :meth:`PDEProblem.boundary_values` when a
+problem has none.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from abc import ABC, abstractmethod
+from typing import ClassVar, TypeVar
+
+import numpy as np
+import torch
+from scipy.special import roots_hermite
+from torch import Tensor
+
+__all__ = [
+    "Burgers",
+    "Heat",
+    "Laplace",
+    "PDEProblem",
+    "available_problems",
+    "check_finite",
+    "check_int",
+    "check_positive",
+    "get_problem",
+    "gradient",
+    "register_problem",
+    "resolve_problem",
+]
+
+Bounds = tuple[tuple[float, float], tuple[float, float]]
+
+
+def check_finite(name: str, value: float) -> float:
+    """Return ``value`` as a float, or raise ``ValueError`` naming ``name`` if it is not finite."""
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value}")
+    return value
+
+
+def check_positive(name: str, value: float) -> float:
+    """Return ``value`` as a float, or raise ``ValueError`` naming ``name`` unless ``0 < value < inf``."""
+    value = check_finite(name, value)
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def gradient(outputs: Tensor, inputs: Tensor) -> Tensor:
+    """Derivative of ``outputs`` (N, 1) with respect to each row of ``inputs`` (N, d).
+
+    The graph is kept (``create_graph=True``) so that the result can be
+    differentiated again, for second derivatives and for the parameter gradient
+    of the residual loss.
+    """
+    (grad,) = torch.autograd.grad(
+        outputs, inputs, grad_outputs=torch.ones_like(outputs), create_graph=True
+    )
+    return grad
+
+
+def _uniform_grid(low: float, high: float, n: int, *, open_interval: bool) -> Tensor:
+    if open_interval:
+        return torch.linspace(low, high, n + 2, dtype=torch.float64)[1:-1]
+    if n == 1:
+        return torch.tensor([(low + high) / 2], dtype=torch.float64)
+    return torch.linspace(low, high, n, dtype=torch.float64)
+
+
+def check_int(name: str, n: int, minimum: int = 1) -> int:
+    """Return ``n`` as an int, or raise ``ValueError`` naming ``name`` unless it is an integer >= ``minimum``."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {n!r}")
+    return int(n)
+
+
+class PDEProblem(ABC):
+    """A PDE on a rectangle ``[lo0, hi0] x [lo1, hi1]`` with initial and boundary sets.
+
+    Columns of a point are ``(t, x)``.  The interior set is drawn uniformly at
+    random from the rectangle; the initial set ``I`` is a uniform grid on
+    ``t = lo0`` over the open interval ``(lo1, hi1)``; the boundary set ``B`` is a
+    uniform grid in ``t`` on each of the edges ``x = lo1`` and ``x = hi1``.
+    Subclasses set :attr:`name`, pass ``bounds`` and implement :meth:`residual`
+    and, where known, :meth:`exact_solution`.
+    """
+
+    name: ClassVar[str] = ""
+    input_dim: ClassVar[int] = 2
+    input_names: ClassVar[tuple[str, str]] = ("t", "x")
+    #: number of edges the boundary set is split over (``n_bc`` must be at least this)
+    boundary_edges: ClassVar[int] = 2
+
+    def __init__(self, bounds: Bounds) -> None:
+        (lo0, hi0), (lo1, hi1) = bounds
+        for i, (lo, hi) in enumerate(bounds):
+            check_finite(f"bounds[{i}][0]", lo)
+            check_finite(f"bounds[{i}][1]", hi)
+            if not lo < hi:
+                raise ValueError(f"bounds[{i}] must satisfy low < high, got ({lo}, {hi})")
+        self.bounds: Bounds = ((float(lo0), float(hi0)), (float(lo1), float(hi1)))
+
+    # ----------------------------------------------------------------- physics
+    @abstractmethod
+    def residual(self, points: Tensor, u: Tensor) -> Tensor:
+        """PDE residual ``F`` at ``points`` (N, 2) given ``u = u_theta(points)`` (N, 1).
+
+        ``points`` has ``requires_grad=True``; use :func:`gradient` for derivatives.
+        Returns an (N, 1) tensor; the interior loss is its mean square.
+        """
+
+    def exact_solution(self, points: Tensor) -> Tensor:
+        """Exact solution at ``points`` (N, 2), shape (N, 1). Not every problem has one."""
+        raise NotImplementedError(f"problem {self.name!r} has no exact solution")
+
+    @property
+    def has_exact_solution(self) -> bool:
+        return type(self).exact_solution is not PDEProblem.exact_solution
+
+    def initial_values(self, points: Tensor) -> Tensor:
+        """Targets on the initial set; by default the exact solution."""
+        return self.exact_solution(points)
+
+    def boundary_values(self, points: Tensor) -> Tensor:
+        """Targets on the boundary set; by default the exact solution."""
+        return self.exact_solution(points)
+
+    # ---------------------------------------------------------------- sampling
+    def sample_interior(self, n: int, rng: np.random.Generator) -> Tensor:
+        """``n`` points drawn uniformly from the rectangle (float64)."""
+        n = check_int("n_coll", n)
+        (lo0, hi0), (lo1, hi1) = self.bounds
+        u = torch.from_numpy(rng.random((n, 2)))
+        # hi - (hi - lo) * U with U in [0, 1) gives t in (lo0, hi0], as in the paper
+        t = hi0 - (hi0 - lo0) * u[:, 0]
+        x = lo1 + (hi1 - lo1) * u[:, 1]
+        return torch.stack([t, x], dim=1)
+
+    def initial_points(self, n: int) -> Tensor:
+        """``n`` points of a uniform grid on ``t = lo0``, ``x`` in the open interval."""
+        n = check_int("n_ic", n)
+        (lo0, _), (lo1, hi1) = self.bounds
+        x = _uniform_grid(lo1, hi1, n, open_interval=True)
+        return torch.stack([torch.full_like(x, lo0), x], dim=1)
+
+    def boundary_points(self, n: int) -> Tensor:
+        """``n`` points split over the edges ``x = lo1`` and ``x = hi1``, uniform in ``t``."""
+        n = check_int("n_bc", n, self.boundary_edges)
+        (lo0, hi0), (lo1, hi1) = self.bounds
+        parts = []
+        for edge_x, m in zip((lo1, hi1), _split(n, 2)):
+            t = _uniform_grid(lo0, hi0, m, open_interval=False)
+            parts.append(torch.stack([t, torch.full_like(t, edge_x)], dim=1))
+        return torch.cat(parts)
+
+    def evaluation_grid(self, n0: int, n1: int) -> Tensor:
+        """A uniform ``n0 x n1`` tensor-product grid over the closed rectangle, row-major in column 0."""
+        n0 = check_int("eval_points[0]", n0, 2)
+        n1 = check_int("eval_points[1]", n1, 2)
+        (lo0, hi0), (lo1, hi1) = self.bounds
+        a = torch.linspace(lo0, hi0, n0, dtype=torch.float64)
+        b = torch.linspace(lo1, hi1, n1, dtype=torch.float64)
+        g0, g1 = torch.meshgrid(a, b, indexing="ij")
+        return torch.stack([g0.reshape(-1), g1.reshape(-1)], dim=1)
+
+    def coefficients(self) -> dict[str, float]:
+        """The problem's coefficients (its ``__init__`` arguments) by name."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.coefficients().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _split(n: int, parts: int) -> list[int]:
+    """Split ``n`` into ``parts`` integers differing by at most one, largest first."""
+    q, r = divmod(n, parts)
+    return [q + (i < r) for i in range(parts)]
+
+
+# ------------------------------------------------------------------ registry
+_REGISTRY: dict[str, type[PDEProblem]] = {}
+P = TypeVar("P", bound=type[PDEProblem])
+
+
+def register_problem(cls: P) -> P:
+    """Class decorator: make ``cls`` available as ``get_problem(cls.name)``."""
+    if not (isinstance(cls, type) and issubclass(cls, PDEProblem)):
+        raise TypeError(f"register_problem expects a PDEProblem subclass, got {cls!r}")
+    if not cls.name:
+        raise ValueError(f"{cls.__name__}.name must be a non-empty string")
+    _REGISTRY[cls.name.lower()] = cls
+    return cls
+
+
+def available_problems() -> list[str]:
+    """Names accepted by :func:`get_problem`."""
+    return sorted(_REGISTRY)
+
+
+def get_problem(name: str, **coefficients: float) -> PDEProblem:
+    """Build a registered problem by name, e.g. ``get_problem("heat", kappa=0.4)``."""
+    key = str(name).lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown problem {name!r}; known problems: {', '.join(available_problems())}")
+    cls = _REGISTRY[key]
+    try:
+        return cls(**coefficients)
+    except TypeError as err:
+        known = ", ".join(inspect.signature(cls).parameters) or "none"
+        raise ValueError(
+            f"invalid coefficients {sorted(coefficients)} for problem {key!r}; its coefficients: {known}"
+        ) from err
+
+
+def resolve_problem(problem: PDEProblem | str) -> PDEProblem:
+    """Accept a problem instance or a registered name."""
+    if isinstance(problem, PDEProblem):
+        return problem
+    if isinstance(problem, str):
+        return get_problem(problem)
+    raise TypeError(f"problem must be a PDEProblem or a registered name, got {type(problem).__name__}")
+
+
+# ------------------------------------------------------------------ problems
+@register_problem
+class Heat(PDEProblem):
+    r"""Heat equation :math:`u_t = \kappa u_{xx}` on :math:`(0, 1] \times [0, 1]`.
+
+    ``u(0, x) = sin(pi x)``, ``u(t, 0) = u(t, 1) = 0``; exact
+    :math:`u = e^{-\kappa \pi^2 t} \sin(\pi x)`.
+    """
+
+    name = "heat"
+
+    def __init__(self, kappa: float = 0.4) -> None:
+        super().__init__(bounds=((0.0, 1.0), (0.0, 1.0)))
+        self.kappa = check_positive("kappa", kappa)
+
+    def coefficients(self) -> dict[str, float]:
+        return {"kappa": self.kappa}
+
+    def residual(self, points: Tensor, u: Tensor) -> Tensor:
+        du = gradient(u, points)
+        u_xx = gradient(du[:, 1:2], points)[:, 1:2]
+        return du[:, 0:1] - self.kappa * u_xx
+
+    def exact_solution(self, points: Tensor) -> Tensor:
+        t, x = points[:, 0:1], points[:, 1:2]
+        return torch.exp(-self.kappa * math.pi**2 * t) * torch.sin(math.pi * x)
+
+
+@register_problem
+class Burgers(PDEProblem):
+    r"""Viscous Burgers :math:`u_t + u u_x = \nu u_{xx}` on :math:`(0, 1] \times [-1, 1]`.
+
+    ``u(0, x) = -sin(pi x)``, ``u(t, \pm 1) = 0``, :math:`\nu = 0.01/\pi` (Raissi et al., 2019).
+    The exact solution comes from the Cole--Hopf transform (Basdevant et al., 1986),
+
+    .. math:: u(t, x) = -\frac{\int \sin(\pi(x - a z)) f(x - a z) e^{-z^2} dz}
+                               {\int f(x - a z) e^{-z^2} dz},
+              \quad f(y) = e^{-\cos(\pi y) / (2 \pi \nu)}, \quad a = \sqrt{4 \nu t},
+
+    evaluated with ``quadrature_order``-point Gauss--Hermite quadrature in log
+    space (the weights and ``f`` span hundreds of orders of magnitude).  With
+    the default 200 points it agrees with 1000 points to about 1e-14 on the
+    whole domain, including beside the shock at ``x = 0``.
+    """
+
+    name = "burgers"
+
+    def __init__(self, nu: float = 0.01 / math.pi, quadrature_order: int = 200) -> None:
+        super().__init__(bounds=((0.0, 1.0), (-1.0, 1.0)))
+        self.nu = check_positive("nu", nu)
+        self.quadrature_order = check_int("quadrature_order", quadrature_order, 2)
+
+    def coefficients(self) -> dict[str, float]:
+        return {"nu": self.nu}
+
+    def residual(self, points: Tensor, u: Tensor) -> Tensor:
+        du = gradient(u, points)
+        u_xx = gradient(du[:, 1:2], points)[:, 1:2]
+        return du[:, 0:1] + u * du[:, 1:2] - self.nu * u_xx
+
+    def exact_solution(self, points: Tensor) -> Tensor:
+        z, w = roots_hermite(self.quadrature_order)
+        with np.errstate(divide="ignore"):  # weights of the outermost nodes underflow to 0
+            log_w = np.log(w)
+        pts = points.detach().cpu().to(torch.float64).numpy()
+        out = np.empty(len(pts))
+        for start in range(0, len(pts), 4096):  # bounded memory: chunk x nodes
+            t = pts[start : start + 4096, 0:1]
+            x = pts[start : start + 4096, 1:2]
+            y = x - np.sqrt(4.0 * self.nu * t) * z
+            log_f = log_w - np.cos(np.pi * y) / (2.0 * np.pi * self.nu)
+            f = np.exp(log_f - log_f.max(axis=1, keepdims=True))
+            out[start : start + 4096] = -(np.sin(np.pi * y) * f).sum(axis=1) / f.sum(axis=1)
+        return torch.from_numpy(out).to(device=points.device, dtype=points.dtype).unsqueeze(1)
+
+
+@register_problem
+class Laplace(PDEProblem):
+    r"""Laplace :math:`u_{xx} + u_{yy} = 0` on :math:`[0, 1]^2`, columns ``(y, x)``.
+
+    Dirichlet data from the exact :math:`u = \sin(\pi x) \sinh(\pi y) / \sinh(\pi)`.  The edge
+    ``y = 0`` is the initial set ``I``; the edges ``y = 1``, ``x = 0`` and ``x = 1`` form ``B``.
+    """
+
+    name = "laplace"
+    input_names = ("y", "x")
+    boundary_edges = 3
+
+    def __init__(self) -> None:
+        super().__init__(bounds=((0.0, 1.0), (0.0, 1.0)))
+
+    def residual(self, points: Tensor, u: Tensor) -> Tensor:
+        du = gradient(u, points)
+        u_yy = gradient(du[:, 0:1], points)[:, 0:1]
+        u_xx = gradient(du[:, 1:2], points)[:, 1:2]
+        return u_xx + u_yy
+
+    def exact_solution(self, points: Tensor) -> Tensor:
+        y, x = points[:, 0:1], points[:, 1:2]
+        return torch.sin(math.pi * x) * torch.sinh(math.pi * y) / math.sinh(math.pi)
+
+    def boundary_points(self, n: int) -> Tensor:
+        """``n`` points split over the edges ``y = 1``, ``x = 0`` and ``x = 1``."""
+        n = check_int("n_bc", n, self.boundary_edges)
+        n_top, n_left, n_right = _split(n, 3)
+        x_top = _uniform_grid(0.0, 1.0, n_top, open_interval=False)
+        y_left = _uniform_grid(0.0, 1.0, n_left, open_interval=False)
+        y_right = _uniform_grid(0.0, 1.0, n_right, open_interval=False)
+        return torch.cat(
+            [
+                torch.stack([torch.ones_like(x_top), x_top], dim=1),
+                torch.stack([y_left, torch.zeros_like(y_left)], dim=1),
+                torch.stack([y_right, torch.ones_like(y_right)], dim=1),
+            ]
+        )
