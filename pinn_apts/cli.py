@@ -34,6 +34,9 @@ def cli_main(args: list[str] | None = None) -> PINNCLI:
     """Entry point of the ``pinn-apts`` console script."""
     # One batch per outer iteration is produced in the main process by design.
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # A checkpoint after outer iteration k holds theta_{k+1} with global_step k+1: exactly the
+    # state a resumed run needs, so Lightning's manual-optimization caveat does not apply.
+    warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved.*")
     return PINNCLI(
         PINNModule,
         PINNDataModule,

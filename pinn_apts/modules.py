@@ -146,6 +146,14 @@ class PINNModule(L.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(values, step=step)
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Lightning restores the weights before the precision plugin casts the module
+        # (e.g. to float64 for "64-true"); a float32 module would round float64 weights
+        # on the way in.  Take the checkpoint's dtype first so that resuming is exact.
+        dtypes = {v.dtype for v in checkpoint["state_dict"].values() if torch.is_floating_point(v)}
+        if len(dtypes) == 1:
+            self.to(dtypes.pop())
+
     def on_train_end(self) -> None:
         if not (self.trainer.is_global_zero and self.eval_exact is not None):
             return

@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def _single_thread_float64():
+    """Small PINN tensors run fastest on one thread; tests build float64 tensors by default."""
+    threads, dtype = torch.get_num_threads(), torch.get_default_dtype()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    torch.set_default_dtype(dtype)
+
+
+def fast_trainer(max_steps: int, tmp_path=None, **kwargs):
+    """A quiet float64 Trainer for tests."""
+    import lightning as L
+
+    defaults = dict(
+        max_steps=max_steps,
+        precision="64-true",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=1,
+        default_root_dir=str(tmp_path) if tmp_path is not None else None,
+    )
+    defaults.update(kwargs)
+    return L.Trainer(**defaults)

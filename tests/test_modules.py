@@ -1,0 +1,123 @@
+import math
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from pinn_apts import AdamPINN, LBFGSPINN, PINNDataModule
+from pinn_apts.problems import Heat
+
+from .conftest import fast_trainer
+
+
+def initial_error(module):
+    return float(module.solution_errors()["error/rel_l2"])
+
+
+def fit(module, problem, steps, tmp_path=None, **trainer_kwargs):
+    data = PINNDataModule(problem, seed=0)
+    trainer = fast_trainer(steps, tmp_path, **trainer_kwargs)
+    trainer.fit(module, data)
+    return trainer
+
+
+@pytest.mark.parametrize("problem", ["heat", "burgers", "laplace"])
+def test_adam_short_run_lowers_error(problem):
+    module = AdamPINN(problem=problem)
+    before = initial_error(module)
+    trainer = fit(module, problem, 40)
+    assert trainer.global_step == 40  # one global step per outer iteration, two Adam steps each
+    assert initial_error(module) < 0.8 * before
+
+
+@pytest.mark.parametrize("problem", ["heat", "burgers", "laplace"])
+def test_lbfgs_short_run_lowers_error(problem):
+    module = LBFGSPINN(problem=problem, line_search_fn="strong_wolfe")
+    before = initial_error(module)
+    trainer = fit(module, problem, 8)
+    assert trainer.global_step == 8
+    assert initial_error(module) < 0.5 * before
+
+
+def test_two_optimizer_steps_per_outer_iteration():
+    module = AdamPINN(problem="heat", steps_per_iteration=2)
+    fit(module, "heat", 3)
+    state = module.optimizers().optimizer.state
+    assert all(int(s["step"]) == 6 for s in state.values())
+
+
+class ExplodingHeat(Heat):
+    """Heat whose residual turns non-finite from the fourth outer iteration on."""
+
+    name = "exploding-heat"
+    calls = 0
+
+    def residual(self, points, u):
+        ExplodingHeat.calls += 1
+        residual = super().residual(points, u)
+        return residual * math.nan if ExplodingHeat.calls > 3 else residual
+
+
+@pytest.mark.parametrize("module_cls", [AdamPINN, LBFGSPINN])
+def test_non_finite_loss_is_a_clear_error_and_model_stays_finite(module_cls):
+    ExplodingHeat.calls = 0
+    problem = ExplodingHeat()
+    module = module_cls(problem=problem)
+    with pytest.raises(FloatingPointError, match=r"outer iteration \d+: the interior term is nan"):
+        fit(module, problem, 20)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+def test_bad_module_input():
+    with pytest.raises(ValueError, match=r"layer_sizes\[0\] must equal the input dimension of problem 'heat' \(2\)"):
+        AdamPINN(problem="heat", layer_sizes=(3, 20, 1))
+    with pytest.raises(ValueError, match=r"layer_sizes\[-1\] must be 1"):
+        AdamPINN(problem="heat", layer_sizes=(2, 20, 2))
+    with pytest.raises(ValueError, match="lr must be positive"):
+        AdamPINN(problem="heat", lr=0.0)
+    with pytest.raises(ValueError, match="line_search_fn must be None or 'strong_wolfe'"):
+        LBFGSPINN(problem="heat", line_search_fn="armijo")
+    with pytest.raises(ValueError, match="history_size must be an integer >= 1"):
+        LBFGSPINN(problem="heat", history_size=0)
+    with pytest.raises(ValueError, match="unknown problem 'poisson'"):
+        AdamPINN(problem="poisson")
+
+
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
+    straight = AdamPINN(problem="heat")
+    fit(straight, "heat", 24)
+
+    first = AdamPINN(problem="heat")
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    data = PINNDataModule("heat", seed=0, total_iterations=24)
+    fast_trainer(11, tmp_path, enable_checkpointing=True, callbacks=[ckpt]).fit(first, data)
+    resumed = AdamPINN(problem="heat")
+    data = PINNDataModule("heat", seed=0, total_iterations=24)
+    trainer = fast_trainer(24, tmp_path)
+    trainer.fit(resumed, data, ckpt_path=str(tmp_path / "last.ckpt"))
+    assert trainer.global_step == 24
+    for a, b in zip(straight.parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_logs_figure_and_checkpoint(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    module = AdamPINN(problem="heat", log_every=5)
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    callbacks = [ModelCheckpoint(save_last=True, save_top_k=0)]
+    trainer = fit(module, "heat", 12, tmp_path, logger=logger, enable_checkpointing=True, callbacks=callbacks)
+    run_dir = tmp_path / "run" / "version_0"
+    assert (run_dir / "error.png").stat().st_size > 10_000
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+    events = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0}).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"loss/total", "loss/interior", "loss/initial", "loss/boundary", "time/iteration"} <= tags
+    assert {"error/rel_l2", "error/rmse"} <= tags
+    assert [e.step for e in events.Scalars("loss/total")] == list(range(12))
+    assert [e.step for e in events.Scalars("error/rel_l2")] == [0, 5, 10, 11]
+    assert "error/heatmap" in events.Tags()["images"]
+    final = events.Scalars("error/rel_l2")[-1].value
+    assert final == pytest.approx(float(module.solution_errors()["error/rel_l2"]), rel=1e-6)
+    assert trainer.global_step == 12
