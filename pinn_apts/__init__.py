@@ -5,7 +5,9 @@ from .data import CollocationSampler, Curriculum, PINNDataModule, partition_coll
 from .loss import CollocationBatch, LossTerms, pinn_loss
 from .metrics import RelativeL2Error
 from .model import MLP
-from .modules import AdamPINN, LBFGSPINN, PINNModule
+from .modules import AdamPINN, LBFGSPINN, PINNModule, TrustRegionPINN
+from .optim import TrustRegion
+from .trust_region import StopReason, TrustRegionConfig, steihaug_cg, update_radius
 from .problems import (
     Burgers,
     Heat,
@@ -32,12 +34,18 @@ __all__ = [
     "PINNDataModule",
     "PINNModule",
     "RelativeL2Error",
+    "StopReason",
+    "TrustRegion",
+    "TrustRegionConfig",
+    "TrustRegionPINN",
     "available_problems",
     "get_problem",
     "gradient",
     "partition_collocation",
     "pinn_loss",
     "register_problem",
+    "steihaug_cg",
+    "update_radius",
 ]
 
 __version__ = "0.1.0"

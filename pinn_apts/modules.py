@@ -24,9 +24,11 @@ from torchmetrics import MeanSquaredError
 from .loss import CollocationBatch, LossTerms, check_loss_finite, pinn_loss
 from .metrics import RelativeL2Error, error_figure
 from .model import MLP
+from .optim import TrustRegion
 from .problems import PDEProblem, check_int, check_positive, resolve_problem
+from .trust_region import StopReason, TrustRegionConfig
 
-__all__ = ["AdamPINN", "LBFGSPINN", "PINNModule"]
+__all__ = ["AdamPINN", "LBFGSPINN", "PINNModule", "TrustRegionPINN"]
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,12 @@ class PINNModule(L.LightningModule):
         """The loss on ``batch`` (or on ``interior`` with the batch's shared I and B)."""
         return pinn_loss(self.net, self.problem, batch, interior)
 
-    def outer_iteration(self, batch: CollocationBatch) -> LossTerms:
-        """Advance the parameters by one outer iteration; return the loss terms at its start."""
+    def outer_iteration(self, batch: CollocationBatch) -> tuple[LossTerms, dict[str, float]]:
+        """Advance the parameters by one outer iteration.
+
+        Returns the loss terms at the iterate entering the iteration and the optimizer's
+        own per-iteration metrics (logged beside the loss).
+        """
         raise NotImplementedError
 
     @torch.no_grad()
@@ -117,7 +123,7 @@ class PINNModule(L.LightningModule):
         """
         batch = batch.to(device=self.device, dtype=self.dtype)
         start = time.perf_counter()
-        terms = self.outer_iteration(batch)
+        terms, optimizer_metrics = self.outer_iteration(batch)
         elapsed = time.perf_counter() - start
         k = batch.iteration
         metrics = {
@@ -126,6 +132,7 @@ class PINNModule(L.LightningModule):
             "loss/initial": terms.initial,
             "loss/boundary": terms.boundary,
             "time/iteration": elapsed,
+            **optimizer_metrics,
         }
         last = self.trainer.max_steps is not None and k == self.trainer.max_steps - 1
         if k % self.log_every == 0 or last:
@@ -236,8 +243,8 @@ class AdamPINN(PINNModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.net.parameters(), lr=self.lr)
 
-    def outer_iteration(self, batch: CollocationBatch) -> LossTerms:
-        return self.torch_optimizer_steps(batch, self.steps_per_iteration)
+    def outer_iteration(self, batch: CollocationBatch) -> tuple[LossTerms, dict[str, float]]:
+        return self.torch_optimizer_steps(batch, self.steps_per_iteration), {}
 
 
 class LBFGSPINN(PINNModule):
@@ -285,6 +292,82 @@ class LBFGSPINN(PINNModule):
             line_search_fn=self.line_search_fn,
         )
 
-    def outer_iteration(self, batch: CollocationBatch) -> LossTerms:
-        return self.torch_optimizer_steps(batch, self.steps_per_iteration)
+    def outer_iteration(self, batch: CollocationBatch) -> tuple[LossTerms, dict[str, float]]:
+        return self.torch_optimizer_steps(batch, self.steps_per_iteration), {}
 
+
+
+class TrustRegionPINN(PINNModule):
+    """The "TR" baseline: the paper's global trust-region stage alone.
+
+    Each outer iteration takes ``steps_per_iteration`` steps of
+    :class:`~pinn_apts.optim.TrustRegion` on the full loss (TR-CG on exact Hessian-vector
+    products, retried with a smaller radius until accepted).  It is the ablation that shows
+    what APTS's preconditioning stage adds.
+
+    Parameters
+    ----------
+    radius:
+        Initial radius ``Delta_0``.
+    max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping:
+        Trust-region constants; the defaults are the paper's.
+    steps_per_iteration:
+        Trust-region steps per outer iteration (1: one global step, as in APTS's Stage II).
+    **kwargs:
+        Passed to :class:`PINNModule`.
+    """
+
+    def __init__(
+        self,
+        radius: float = 1.0,
+        max_radius: float = 10.0,
+        min_radius: float = 1e-10,
+        eta1: float = 0.1,
+        eta2: float = 0.5,
+        shrink: float = 0.5,
+        grow: float = 2.0,
+        cg_max_iter: int = 12,
+        damping: float = 1e-3,
+        steps_per_iteration: int = 1,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.optimizer_kwargs = dict(
+            radius=radius, max_radius=max_radius, min_radius=min_radius, eta1=eta1, eta2=eta2,
+            shrink=shrink, grow=grow, cg_max_iter=cg_max_iter, damping=damping,
+        )
+        TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping).check_radius(
+            "radius", radius
+        )
+        self.steps_per_iteration = check_int("steps_per_iteration", steps_per_iteration)
+
+    def configure_optimizers(self) -> TrustRegion:
+        return TrustRegion(self.net.parameters(), **self.optimizer_kwargs)
+
+    def outer_iteration(self, batch: CollocationBatch) -> tuple[LossTerms, dict[str, float]]:
+        opt = self.optimizers()
+        first: list[LossTerms] = []
+
+        def closure() -> Tensor:
+            terms = self.loss_terms(batch)
+            if not first:
+                check_loss_finite(terms, batch.iteration)
+                first.append(LossTerms(*(t.detach() for t in terms)))
+            return terms.total
+
+        tries = cg = 0
+        for i in range(self.steps_per_iteration):
+            # as in torch_optimizer_steps: one LightningOptimizer step per outer iteration
+            (opt.optimizer.step if i < self.steps_per_iteration - 1 else opt.step)(closure=closure)
+            info = opt.optimizer.last_step
+            tries, cg = tries + info.tries, cg + info.cg_iterations
+        record = opt.optimizer.state["trust_region"]
+        metrics = {
+            "tr/radius": info.radius,
+            "tr/tries": tries,
+            "tr/cg_iterations": cg,
+            "tr/accepted": float(info.accepted),
+            "tr/acceptance_rate": record["accepted"] / max(record["steps"], 1),
+        }
+        metrics.update({f"tr/stop/{r.value}": float(r.value == info.reason) for r in StopReason})
+        return first[0], metrics

@@ -26,7 +26,7 @@ def test_repo_configs_are_the_packaged_ones():
     names = sorted(p.name for p in REPO_CONFIGS.glob("*.yaml"))
     assert names == sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
     for pde in ("heat", "burgers", "laplace"):
-        for method in ("adam", "lbfgs", "lbfgs_wolfe"):
+        for method in ("adam", "lbfgs", "lbfgs_wolfe", "tr"):
             assert f"{pde}_{method}.yaml" in names
 
 
@@ -43,12 +43,12 @@ def test_default_config_fit_overrides(tmp_path):
     assert saved["trainer"]["max_steps"] == 3
 
 
-@pytest.mark.parametrize("config", ["heat_adam.yaml", "laplace_lbfgs.yaml"])
+@pytest.mark.parametrize("config", ["heat_adam.yaml", "laplace_lbfgs.yaml", "burgers_tr.yaml"])
 def test_fit_from_config_file(tmp_path, config):
     cli = cli_main(["fit", "--config", str(REPO_CONFIGS / config), *quiet(tmp_path, "--trainer.max_steps=2")])
     pde, method = config.removesuffix(".yaml").split("_", 1)
     assert cli.model.problem.name == pde
-    assert type(cli.model).__name__ == {"adam": "AdamPINN", "lbfgs": "LBFGSPINN"}[method]
+    assert type(cli.model).__name__ == {"adam": "AdamPINN", "lbfgs": "LBFGSPINN", "tr": "TrustRegionPINN"}[method]
     assert cli.trainer.global_step == 2
 
 

@@ -5,7 +5,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from pinn_apts import AdamPINN, LBFGSPINN, PINNDataModule
+from pinn_apts import AdamPINN, LBFGSPINN, PINNDataModule, TrustRegionPINN
 from pinn_apts.problems import Heat
 
 from .conftest import fast_trainer
@@ -40,6 +40,17 @@ def test_lbfgs_short_run_lowers_error(problem):
     assert initial_error(module) < 0.5 * before
 
 
+@pytest.mark.parametrize("problem", ["heat", "burgers", "laplace"])
+def test_trust_region_short_run_lowers_error(problem):
+    module = TrustRegionPINN(problem=problem)
+    before = initial_error(module)
+    trainer = fit(module, problem, 12)
+    assert trainer.global_step == 12
+    record = module.optimizers().optimizer.state["trust_region"]
+    assert record["steps"] == 12 and record["accepted"] == 12
+    assert initial_error(module) < 0.6 * before
+
+
 def test_two_optimizer_steps_per_outer_iteration():
     module = AdamPINN(problem="heat", steps_per_iteration=2)
     fit(module, "heat", 3)
@@ -59,7 +70,7 @@ class ExplodingHeat(Heat):
         return residual * math.nan if ExplodingHeat.calls > 3 else residual
 
 
-@pytest.mark.parametrize("module_cls", [AdamPINN, LBFGSPINN])
+@pytest.mark.parametrize("module_cls", [AdamPINN, LBFGSPINN, TrustRegionPINN])
 def test_non_finite_loss_is_a_clear_error_and_model_stays_finite(module_cls):
     ExplodingHeat.calls = 0
     problem = ExplodingHeat()
@@ -80,25 +91,32 @@ def test_bad_module_input():
         LBFGSPINN(problem="heat", line_search_fn="armijo")
     with pytest.raises(ValueError, match="history_size must be an integer >= 1"):
         LBFGSPINN(problem="heat", history_size=0)
+    with pytest.raises(ValueError, match=r"radius must lie in \[min_radius, max_radius\]"):
+        TrustRegionPINN(problem="heat", radius=20.0)
+    with pytest.raises(ValueError, match=r"eta2 must lie in \(eta1, 1\)"):
+        TrustRegionPINN(problem="heat", eta1=0.5, eta2=0.4)
     with pytest.raises(ValueError, match="unknown problem 'poisson'"):
         AdamPINN(problem="poisson")
 
 
-def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path):
-    straight = AdamPINN(problem="heat")
+@pytest.mark.parametrize("module_cls", [AdamPINN, TrustRegionPINN])
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, module_cls):
+    straight = module_cls(problem="heat")
     fit(straight, "heat", 24)
 
-    first = AdamPINN(problem="heat")
+    first = module_cls(problem="heat")
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
     data = PINNDataModule("heat", seed=0, total_iterations=24)
     fast_trainer(11, tmp_path, enable_checkpointing=True, callbacks=[ckpt]).fit(first, data)
-    resumed = AdamPINN(problem="heat")
+    resumed = module_cls(problem="heat")
     data = PINNDataModule("heat", seed=0, total_iterations=24)
     trainer = fast_trainer(24, tmp_path)
     trainer.fit(resumed, data, ckpt_path=str(tmp_path / "last.ckpt"))
     assert trainer.global_step == 24
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
+    if module_cls is TrustRegionPINN:
+        assert straight.optimizers().optimizer.state["trust_region"] == resumed.optimizers().optimizer.state["trust_region"]
 
 
 def test_logs_figure_and_checkpoint(tmp_path):

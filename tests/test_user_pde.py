@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pinn_apts import AdamPINN, LBFGSPINN, PDEProblem, PINNDataModule, get_problem, gradient, register_problem
+from pinn_apts import AdamPINN, LBFGSPINN, PDEProblem, TrustRegionPINN, PINNDataModule, get_problem, gradient, register_problem
 from pinn_apts.problems import check_finite
 
 from .conftest import fast_trainer
@@ -40,6 +40,7 @@ def test_user_problem_is_registered():
     [
         (lambda p: AdamPINN(problem=p), 60),
         (lambda p: LBFGSPINN(problem=p, line_search_fn="strong_wolfe"), 8),
+        (lambda p: TrustRegionPINN(problem=p), 10),
     ],
 )
 def test_user_problem_trains(make_module, steps):

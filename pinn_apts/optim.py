@@ -1,0 +1,185 @@
+"""A single-level trust-region optimizer (``torch.optim.Optimizer``): TR-CG with acceptance.
+
+It is the paper's global stage on its own (the "TR" baseline) and the building block
+of APTS.  Usable standalone::
+
+    opt = TrustRegion(model.parameters())
+    for _ in range(100):
+        opt.step(lambda: loss_fn(model))   # the closure returns the loss; no backward
+
+and through Lightning's manual optimization (``self.optimizers().step(closure=...)``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from .trust_region import StopReason, TrustRegionConfig, flat_hvp, reduction_ratio, steihaug_cg, update_radius
+
+__all__ = ["StepInfo", "TrustRegion", "trust_region_step"]
+
+
+@dataclass
+class StepInfo:
+    """What one accepted-or-abandoned trust-region step did (plain types: checkpoint-safe)."""
+
+    loss: float  #: loss at the start of the step
+    new_loss: float  #: loss after the step (equal to ``loss`` if no step was accepted)
+    accepted: bool  #: False only if the radius hit ``min_radius`` without an acceptable step
+    tries: int  #: subproblems tried, the accepted one included
+    cg_iterations: int  #: CG iterations over all tries
+    reason: str  #: ``StopReason`` value of the last subproblem
+    radius: float  #: radius after the step
+    rho: float  #: ratio of the last try
+    step_norm: float  #: norm of the accepted step (0 if none)
+
+
+def trust_region_step(
+    loss_fn: Callable[[], Tensor],
+    params: list[Tensor],
+    radius: float,
+    config: TrustRegionConfig,
+    *,
+    max_radius: float | None = None,
+    retry: bool = True,
+) -> StepInfo:
+    """One trust-region step on ``params`` in place: TR-CG, ratio test, radius update.
+
+    ``loss_fn`` evaluates the loss at the current values of ``params`` with a graph (no
+    backward).  The gradient graph is built once and reused by every Hessian-vector
+    product.  A rejected step is retried with the shrunken radius while ``retry`` is true,
+    until a step is accepted or the radius reaches ``config.min_radius``.  ``max_radius``
+    caps the radius below ``config.max_radius`` (the local radius ``Delta_k / J`` of APTS).
+
+    A non-finite trial loss or Hessian-vector product rejects the step and shrinks the
+    radius; a non-finite loss or gradient at the current point raises ``FloatingPointError``.
+    """
+    cap = config.max_radius if max_radius is None else max_radius
+    with torch.enable_grad():
+        loss = loss_fn()
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"non-finite loss {loss_value} at the current point of the trust-region step")
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+    flat_grad = torch.cat([g.detach().reshape(-1) for g in grads])
+    if not torch.isfinite(flat_grad).all():
+        raise FloatingPointError("non-finite gradient at the current point of the trust-region step")
+    hvp = flat_hvp(grads, params)
+    start = parameters_to_vector(params).detach().clone()
+    tries = cg_iterations = 0
+    while True:
+        tries += 1
+        result = steihaug_cg(flat_grad, hvp, radius, max_iter=config.cg_max_iter,
+                             damping=config.damping, rtol=config.cg_rtol)
+        cg_iterations += result.iterations
+        trial_loss = math.nan
+        if result.reason != StopReason.NON_FINITE:
+            with torch.no_grad():
+                vector_to_parameters(start + result.step, params)
+            with torch.enable_grad():
+                trial_loss = float(loss_fn().detach())
+        rho = reduction_ratio(loss_value - trial_loss, result.predicted_reduction)
+        accepted, new_radius = update_radius(radius, rho, result.hits_boundary, config)
+        if accepted:
+            return StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason.value,
+                            min(new_radius, cap), rho, float(result.step.norm()))
+        with torch.no_grad():
+            vector_to_parameters(start, params)
+        at_floor, radius = radius <= config.min_radius, new_radius
+        if at_floor or not retry:
+            return StepInfo(loss_value, loss_value, False, tries, cg_iterations, result.reason.value,
+                            radius, rho, 0.0)
+        if result.reason in (StopReason.CONVERGED, StopReason.MAX_ITER):
+            # CG iterates grow in norm, so an interior step is the same for every radius
+            # above its norm: the tries in between would be rejected alike.  Count them
+            # (as the plain rule would make them) but skip their CG solves and trial losses.
+            step_norm = float(result.step.norm())
+            while radius > step_norm and radius > config.min_radius:
+                radius = max(radius * config.shrink, config.min_radius)
+                tries += 1
+
+
+class TrustRegion(torch.optim.Optimizer):
+    """Trust-region Newton-CG: one TR-CG step with acceptance per :meth:`step`.
+
+    The subproblem ``min g^T s + 1/2 s^T (H + lambda I) s, |s| <= Delta`` is solved with
+    Steihaug CG on exact Hessian-vector products (double backward); the step is accepted by
+    the ratio test and the radius updated by :func:`~pinn_apts.trust_region.update_radius`;
+    a rejected step is retried with the smaller radius until one is accepted or the radius
+    reaches ``min_radius``.  All parameters are treated as one flat vector.
+
+    Parameters
+    ----------
+    params:
+        Parameters to optimize (one parameter group).
+    radius:
+        Initial radius ``Delta_0`` (default 1.0), within ``[min_radius, max_radius]``.
+    max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol:
+        See :class:`~pinn_apts.trust_region.TrustRegionConfig` (defaults: the paper's).
+
+    The radius, the counters and the last step's record live in ``state_dict()``, so
+    checkpoints carry them.  ``step(closure)`` needs a closure that re-evaluates the loss
+    and returns it *without* calling backward.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        radius: float = 1.0,
+        max_radius: float = 10.0,
+        min_radius: float = 1e-10,
+        eta1: float = 0.1,
+        eta2: float = 0.5,
+        shrink: float = 0.5,
+        grow: float = 2.0,
+        cg_max_iter: int = 12,
+        damping: float = 1e-3,
+        cg_rtol: float | None = None,
+    ) -> None:
+        config = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
+        config.check_radius("radius", radius)
+        super().__init__(params, asdict(config))
+        if len(self.param_groups) != 1:
+            raise ValueError("TrustRegion supports a single parameter group")
+        self.state["trust_region"] = {
+            "radius": float(radius),
+            "steps": 0,
+            "accepted": 0,
+            "tries": 0,
+            "cg_iterations": 0,
+            "last": None,
+        }
+
+    @property
+    def config(self) -> TrustRegionConfig:
+        group = self.param_groups[0]
+        return TrustRegionConfig(**{k: group[k] for k in TrustRegionConfig.__dataclass_fields__})
+
+    @property
+    def radius(self) -> float:
+        return self.state["trust_region"]["radius"]
+
+    @property
+    def last_step(self) -> StepInfo | None:
+        last = self.state["trust_region"]["last"]
+        return None if last is None else StepInfo(**last)
+
+    def step(self, closure: Callable[[], Tensor]) -> Tensor:  # type: ignore[override]
+        if closure is None:
+            raise ValueError("TrustRegion.step needs a closure that returns the loss (without backward)")
+        params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
+        record = self.state["trust_region"]
+        info = trust_region_step(closure, params, record["radius"], self.config)
+        record["radius"] = info.radius
+        record["steps"] += 1
+        record["accepted"] += int(info.accepted)
+        record["tries"] += info.tries
+        record["cg_iterations"] += info.cg_iterations
+        record["last"] = asdict(info)
+        return torch.tensor(info.loss)

@@ -1,0 +1,182 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pinn_apts.trust_region import (
+    StopReason,
+    TrustRegionConfig,
+    boundary_step,
+    reduction_ratio,
+    steihaug_cg,
+    update_radius,
+)
+
+
+def quadratic(seed: int, n: int, kind: str):
+    """A random symmetric matrix (SPD, indefinite or negative definite) and gradient."""
+    rng = np.random.default_rng(seed)
+    q, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    if kind == "spd":
+        eig = rng.uniform(0.1, 10.0, n)
+    elif kind == "indefinite":
+        eig = rng.uniform(-5.0, 5.0, n)
+        eig[0], eig[-1] = -abs(eig[0]) - 0.1, abs(eig[-1]) + 0.1
+    else:
+        eig = -rng.uniform(0.1, 5.0, n)
+    b = torch.from_numpy(q @ np.diag(eig) @ q.T)
+    g = torch.from_numpy(rng.standard_normal(n))
+    return b, g
+
+
+def model_decrease(g, b, s, damping=0.0):
+    return -float(g @ s + 0.5 * s @ (b @ s) + 0.5 * damping * s @ s)
+
+
+def cauchy_decrease(g, b, radius, damping=0.0):
+    gbg = float(g @ (b @ g)) + damping * float(g @ g)
+    gn = float(g.norm())
+    t = radius / gn if gbg <= 0 else min(gn**2 / gbg, radius / gn)
+    return t * gn**2 - 0.5 * t**2 * gbg
+
+
+settings_ = settings(max_examples=150, deadline=None)
+
+
+@settings_
+@given(
+    seed=st.integers(0, 10**6),
+    n=st.integers(1, 8),
+    kind=st.sampled_from(["spd", "indefinite", "negative"]),
+    radius=st.floats(1e-3, 20.0),
+    max_iter=st.integers(1, 12),
+    damping=st.sampled_from([0.0, 1e-3, 0.5]),
+)
+def test_step_within_radius_and_beats_cauchy_point(seed, n, kind, radius, max_iter, damping):
+    b, g = quadratic(seed, n, kind)
+    result = steihaug_cg(g, lambda v: b @ v, radius, max_iter=max_iter, damping=damping)
+    norm = float(result.step.norm())
+    assert norm <= radius * (1 + 1e-10)
+    exact = model_decrease(g, b, result.step, damping)
+    assert result.predicted_reduction == pytest.approx(exact, rel=1e-9, abs=1e-12)
+    assert result.predicted_reduction >= cauchy_decrease(g, b, radius, damping) * (1 - 1e-9) - 1e-12
+    assert 1 <= result.iterations <= max_iter
+    if result.hits_boundary:
+        assert norm == pytest.approx(radius, rel=1e-9)
+
+
+@settings_
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 8))
+def test_spd_large_radius_gives_newton_step(seed, n):
+    b, g = quadratic(seed, n, "spd")
+    result = steihaug_cg(g, lambda v: b @ v, 1e6, max_iter=4 * n, damping=0.0, rtol=1e-12)
+    newton = -torch.linalg.solve(b, g)
+    assert result.reason == StopReason.CONVERGED
+    assert torch.allclose(result.step, newton, rtol=1e-7, atol=1e-9)
+
+
+@settings_
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 8), radius=st.floats(1e-2, 10.0))
+def test_negative_curvature_gives_boundary_step(seed, n, radius):
+    b, g = quadratic(seed, n, "negative")
+    result = steihaug_cg(g, lambda v: b @ v, radius, max_iter=12, damping=0.0)
+    assert result.reason == StopReason.NEGATIVE_CURVATURE
+    assert float(result.step.norm()) == pytest.approx(radius, rel=1e-10)
+    # the first direction is -g: the boundary point along it with the lower model value
+    assert torch.allclose(result.step, -radius * g / g.norm(), rtol=1e-10, atol=1e-12)
+
+
+def test_negative_curvature_later_in_cg_keeps_lower_model_boundary_point():
+    # positive curvature along g, negative along the next conjugate direction
+    b = torch.diag(torch.tensor([2.0, -1.0], dtype=torch.float64))
+    g = torch.tensor([1.0, 0.3], dtype=torch.float64)
+    result = steihaug_cg(g, lambda v: b @ v, 5.0, max_iter=10, damping=0.0, rtol=1e-12)
+    assert result.reason == StopReason.NEGATIVE_CURVATURE and result.iterations == 2
+    assert float(result.step.norm()) == pytest.approx(5.0)
+    # recompute the two boundary points along the second direction and compare model values
+    first = steihaug_cg(g, lambda v: b @ v, 5.0, max_iter=1, damping=0.0, rtol=1e-12).step
+    r = g + b @ first
+    d = -r + float(r @ r) / float(g @ g) * (-g)
+    values = [model_decrease(g, b, first + tau * d) for tau in boundary_step(first, d, 5.0)]
+    assert result.predicted_reduction == pytest.approx(max(values), rel=1e-12)
+    assert min(values) < max(values)
+
+
+@settings_
+@given(
+    z=st.lists(st.floats(-1, 1), min_size=3, max_size=3),
+    d=st.lists(st.floats(-10, 10), min_size=3, max_size=3).filter(lambda v: sum(x * x for x in v) > 1e-6),
+    extra=st.floats(0.0, 5.0),
+)
+def test_boundary_roots_lie_on_the_sphere(z, d, extra):
+    z, d = torch.tensor(z, dtype=torch.float64), torch.tensor(d, dtype=torch.float64)
+    radius = float(z.norm()) + extra + 1e-3
+    low, high = boundary_step(z, d, radius)
+    assert low <= 0 <= high
+    for tau in (low, high):
+        assert float((z + tau * d).norm()) == pytest.approx(radius, rel=1e-9)
+
+
+def test_zero_gradient_gives_zero_step():
+    result = steihaug_cg(torch.zeros(3, dtype=torch.float64), lambda v: v, 1.0)
+    assert result.reason == StopReason.CONVERGED and result.iterations == 0 and float(result.step.norm()) == 0.0
+
+
+def test_non_finite_hvp_is_reported():
+    g = torch.ones(3, dtype=torch.float64)
+    result = steihaug_cg(g, lambda v: v * math.nan, 1.0)
+    assert result.reason == StopReason.NON_FINITE and float(result.step.norm()) == 0.0
+
+
+def test_ratio():
+    assert reduction_ratio(1.0, 2.0) == 0.5
+    assert reduction_ratio(math.nan, 1.0) == -math.inf
+    assert reduction_ratio(-math.inf, 1.0) == -math.inf
+    assert reduction_ratio(1.0, 0.0) == -math.inf
+
+
+@pytest.mark.parametrize(
+    "rho, boundary, accepted, radius",
+    [
+        (-1.0, True, False, 0.5),
+        (0.05, False, False, 0.5),
+        (0.1, True, True, 1.0),
+        (0.3, True, True, 1.0),
+        (0.5, True, True, 2.0),
+        (0.9, False, True, 1.0),  # interior: no growth
+        (-math.inf, False, False, 0.5),
+    ],
+)
+def test_update_radius_rule(rho, boundary, accepted, radius):
+    assert update_radius(1.0, rho, boundary, TrustRegionConfig()) == (accepted, radius)
+
+
+def test_update_radius_clamps():
+    config = TrustRegionConfig()
+    assert update_radius(8.0, 0.9, True, config) == (True, 10.0)
+    assert update_radius(1.5e-10, -1.0, True, config) == (False, 1e-10)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(eta1=0.6, eta2=0.5), r"eta2 must lie in \(eta1, 1\)"),
+        (dict(eta1=0.0), r"eta1 must lie in \(0, 1\)"),
+        (dict(shrink=1.5), r"shrink must lie in \(0, 1\)"),
+        (dict(grow=0.5), "grow must be > 1"),
+        (dict(min_radius=1.0, max_radius=0.5), "max_radius must be >= min_radius"),
+        (dict(min_radius=0.0), "min_radius must be positive"),
+        (dict(damping=-1.0), "damping must be >= 0"),
+        (dict(cg_max_iter=0), "cg_max_iter must be an integer >= 1"),
+        (dict(cg_rtol=2.0), r"cg_rtol must lie in \(0, 1\)"),
+        (dict(max_radius=math.inf), "must be finite"),
+    ],
+)
+def test_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrustRegionConfig(**kwargs)
+    with pytest.raises(ValueError, match=r"radius must lie in \[min_radius, max_radius\]"):
+        TrustRegionConfig().check_radius("radius", 11.0)
