@@ -40,7 +40,7 @@ def test_user_problem_is_registered():
     [
         (lambda p: AdamPINN(problem=p), 60),
         (lambda p: LBFGSPINN(problem=p, line_search_fn="strong_wolfe"), 8),
-        (lambda p: TrustRegionPINN(problem=p), 10),
+        (lambda p: TrustRegionPINN(problem=p), 40),
     ],
 )
 def test_user_problem_trains(make_module, steps):
