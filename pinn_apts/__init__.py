@@ -1,8 +1,9 @@
 """pinn-apts: physics-informed neural networks trained with the data-parallel
 Additively Preconditioned Trust-Region Strategy (APTS) and its baselines."""
 
-from .data import CollocationSampler, Curriculum, PINNDataModule, partition_collocation
-from .loss import CollocationBatch, LossTerms, pinn_loss
+from .data import PINNDataModule
+from .sampling import CollocationBatch, CollocationSampler, Curriculum, partition_collocation
+from .loss import LossTerms, pinn_loss
 from .metrics import RelativeL2Error
 from .model import MLP
 from .modules import AdamPINN, LBFGSPINN, PINNModule, TrustRegionPINN

@@ -1,153 +1,16 @@
-"""Collocation sampling, the curriculum, the random partition, and the DataModule.
-
-Everything is a pure function of ``(seed, outer iteration k)``: the interior set
-of iteration ``k`` is drawn from the seed and the resampling block ``k // r``,
-and the partition of iteration ``k`` from the seed and ``k``.  A resumed run, a
-distributed run and an uninterrupted single-process run therefore see the same
-points.
-"""
+"""The LightningDataModule: one batch of collocation points per outer iteration."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import lightning as L
-import numpy as np
-import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from .loss import CollocationBatch
 from .problems import PDEProblem, check_int, resolve_problem
+from .sampling import CollocationBatch, CollocationSampler, Curriculum, _check_sizes
 
-__all__ = [
-    "CollocationSampler",
-    "Curriculum",
-    "PINNDataModule",
-    "partition_collocation",
-]
-
-# Independent random streams derived from one seed (numpy SeedSequence spawn keys).
-_INTERIOR_STREAM = 0
-_PARTITION_STREAM = 1
-
-
-def _check_sizes(name: str, sizes: tuple[int, int, int], min_bc: int) -> tuple[int, int, int]:
-    sizes = tuple(sizes)
-    if len(sizes) != 3:
-        raise ValueError(f"{name} must be three integers (N_coll, N_IC, N_BC), got {sizes!r}")
-    labels, minimums = ("N_coll", "N_IC", "N_BC"), (1, 1, min_bc)
-    return tuple(check_int(f"{name} {label}", n, low) for label, n, low in zip(labels, sizes, minimums))  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class Curriculum:
-    """Point counts ``(N_coll, N_IC, N_BC)``: ``early`` for the first ``fraction`` of the run, then ``late``.
-
-    The paper's schedule: ``(1000, 800, 50)`` for the first 30% of the outer
-    iterations, then ``(1000, 100, 100)``.
-    """
-
-    early: tuple[int, int, int] = (1000, 800, 50)
-    late: tuple[int, int, int] = (1000, 100, 100)
-    fraction: float = 0.3
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.fraction) and 0.0 <= self.fraction <= 1.0):
-            raise ValueError(f"curriculum_fraction must lie in [0, 1], got {self.fraction}")
-
-    def switch_iteration(self, total_iterations: int) -> int:
-        """First outer iteration that uses the ``late`` counts."""
-        return math.ceil(self.fraction * total_iterations)
-
-    def sizes(self, iteration: int, total_iterations: int) -> tuple[int, int, int]:
-        return self.early if iteration < self.switch_iteration(total_iterations) else self.late
-
-
-def partition_collocation(num_points: int, num_parts: int, rng: np.random.Generator) -> list[Tensor]:
-    """Split ``range(num_points)`` into ``num_parts`` disjoint random index sets.
-
-    Sizes differ by at most one; together the parts cover every index once.
-    """
-    num_parts = check_int("num_parts (D)", num_parts)
-    if num_parts > num_points:
-        raise ValueError(
-            f"num_parts (D) must not exceed the number of interior points, got D={num_parts} > {num_points}"
-        )
-    perm = torch.from_numpy(rng.permutation(num_points))
-    return list(torch.tensor_split(perm, num_parts))
-
-
-class CollocationSampler:
-    """The point sets of every outer iteration, deterministic in ``(seed, k)``.
-
-    Parameters
-    ----------
-    problem:
-        The PDE problem whose domain and targets are sampled.
-    total_iterations:
-        Length of the run in outer iterations (fixes the curriculum switch).
-    resample_every:
-        ``r``: the interior set is redrawn at iterations ``k`` with ``k % r == 0``.
-    curriculum:
-        Point counts over the run.
-    seed:
-        Seed of all random draws.
-    """
-
-    def __init__(
-        self,
-        problem: PDEProblem,
-        total_iterations: int,
-        resample_every: int = 10,
-        curriculum: Curriculum | None = None,
-        seed: int = 0,
-    ) -> None:
-        self.problem = problem
-        self.total_iterations = check_int("total_iterations", total_iterations)
-        self.resample_every = check_int("resample_every (r)", resample_every)
-        self.curriculum = curriculum or Curriculum()
-        _check_sizes("early_sizes", self.curriculum.early, problem.boundary_edges)
-        _check_sizes("late_sizes", self.curriculum.late, problem.boundary_edges)
-        self.seed = int(seed)
-        self._grids: dict[tuple[str, int], tuple[Tensor, Tensor]] = {}
-
-    def _rng(self, stream: int, index: int) -> np.random.Generator:
-        return np.random.default_rng([self.seed, stream, index])
-
-    def _grid(self, kind: str, n: int) -> tuple[Tensor, Tensor]:
-        key = (kind, n)
-        if key not in self._grids:
-            if kind == "initial":
-                points = self.problem.initial_points(n)
-                values = self.problem.initial_values(points)
-            else:
-                points = self.problem.boundary_points(n)
-                values = self.problem.boundary_values(points)
-            self._grids[key] = (points, values.detach().reshape(-1, 1).to(torch.float64))
-        return self._grids[key]
-
-    def sizes(self, iteration: int) -> tuple[int, int, int]:
-        return self.curriculum.sizes(iteration, self.total_iterations)
-
-    def batch(self, iteration: int) -> CollocationBatch:
-        """The sets ``(C_k, I_k, B_k)`` of outer iteration ``k = iteration`` (float64)."""
-        if iteration < 0:
-            raise ValueError(f"iteration must be >= 0, got {iteration}")
-        n_coll, n_ic, n_bc = self.sizes(iteration)
-        interior = self.problem.sample_interior(
-            n_coll, self._rng(_INTERIOR_STREAM, iteration // self.resample_every)
-        )
-        initial, initial_values = self._grid("initial", n_ic)
-        boundary, boundary_values = self._grid("boundary", n_bc)
-        return CollocationBatch(iteration, interior, initial, initial_values, boundary, boundary_values)
-
-    def partition(self, iteration: int, num_parts: int) -> list[Tensor]:
-        """The random partition of ``C_k`` into ``num_parts`` index sets at iteration ``k``."""
-        n_coll = self.sizes(iteration)[0]
-        return partition_collocation(n_coll, num_parts, self._rng(_PARTITION_STREAM, iteration))
+__all__ = ["PINNDataModule"]
 
 
 class _IterationStream(IterableDataset):

@@ -4,40 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .problems import PDEProblem
+from .sampling import CollocationBatch
 
-__all__ = ["CollocationBatch", "LossTerms", "check_loss_finite", "pinn_loss"]
-
-
-@dataclass
-class CollocationBatch:
-    """The point sets of one outer iteration.
-
-    ``interior`` is the collocation set ``C_k`` (N_coll, 2); ``initial`` and
-    ``boundary`` are the shared sets ``I`` and ``B`` with their targets.
-    """
-
-    iteration: int
-    interior: Tensor
-    initial: Tensor
-    initial_values: Tensor
-    boundary: Tensor
-    boundary_values: Tensor
-
-    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> CollocationBatch:
-        """A copy with every tensor moved to ``device`` / cast to ``dtype``."""
-        moved = {
-            f.name: getattr(self, f.name).to(device=device, dtype=dtype)
-            for f in fields(self)
-            if isinstance(getattr(self, f.name), Tensor)
-        }
-        return replace(self, **moved)
+__all__ = ["LossTerms", "check_loss_finite", "pinn_loss"]
 
 
 class LossTerms(NamedTuple):

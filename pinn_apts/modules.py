@@ -21,7 +21,8 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torchmetrics import MeanSquaredError
 
-from .loss import CollocationBatch, LossTerms, check_loss_finite, pinn_loss
+from .loss import LossTerms, check_loss_finite, pinn_loss
+from .sampling import CollocationBatch
 from .metrics import RelativeL2Error, error_figure
 from .model import MLP
 from .optim import TrustRegion

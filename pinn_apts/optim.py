@@ -48,6 +48,7 @@ def trust_region_step(
     *,
     max_radius: float | None = None,
     retry: bool = True,
+    loss: Tensor | None = None,
 ) -> StepInfo:
     """One trust-region step on ``params`` in place: TR-CG, ratio test, radius update.
 
@@ -56,13 +57,16 @@ def trust_region_step(
     product.  A rejected step is retried with the shrunken radius while ``retry`` is true,
     until a step is accepted or the radius reaches ``config.min_radius``.  ``max_radius``
     caps the radius below ``config.max_radius`` (the local radius ``Delta_k / J`` of APTS).
+    ``loss``, if given, is ``loss_fn()`` already evaluated at the current point with its graph
+    (APTS hands over the loss of its acceptance test so that it is not computed twice).
 
     A non-finite trial loss or Hessian-vector product rejects the step and shrinks the
     radius; a non-finite loss or gradient at the current point raises ``FloatingPointError``.
     """
     cap = config.max_radius if max_radius is None else max_radius
     with torch.enable_grad():
-        loss = loss_fn()
+        if loss is None:
+            loss = loss_fn()
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at the current point of the trust-region step")

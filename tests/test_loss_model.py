@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pinn_apts.data import CollocationSampler
+from pinn_apts.sampling import CollocationSampler
 from pinn_apts.loss import LossTerms, check_loss_finite, pinn_loss
 from pinn_apts.model import MLP
 from pinn_apts.problems import get_problem

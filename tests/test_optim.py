@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.optimize import minimize, rosen, rosen_der, rosen_hess_prod
 
-from pinn_apts.data import CollocationSampler
+from pinn_apts.sampling import CollocationSampler
 from pinn_apts.loss import pinn_loss
 from pinn_apts.model import MLP
 from pinn_apts.optim import TrustRegion, trust_region_step

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pinn_apts.data import CollocationSampler, Curriculum, PINNDataModule, partition_collocation
+from pinn_apts.data import PINNDataModule
+from pinn_apts.sampling import CollocationSampler, Curriculum, partition_collocation
 from pinn_apts.problems import get_problem
 
 
