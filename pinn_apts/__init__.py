@@ -6,7 +6,8 @@ from .sampling import CollocationBatch, CollocationSampler, Curriculum, partitio
 from .loss import LossTerms, pinn_loss
 from .metrics import RelativeL2Error
 from .model import MLP
-from .modules import AdamPINN, LBFGSPINN, PINNModule, TrustRegionPINN
+from .apts import APTS, APTSConfig
+from .modules import APTSPINN, AdamPINN, LBFGSPINN, PINNModule, TrustRegionPINN
 from .optim import TrustRegion
 from .trust_region import StopReason, TrustRegionConfig, steihaug_cg, update_radius
 from .problems import (
@@ -21,6 +22,9 @@ from .problems import (
 )
 
 __all__ = [
+    "APTS",
+    "APTSConfig",
+    "APTSPINN",
     "AdamPINN",
     "Burgers",
     "CollocationBatch",

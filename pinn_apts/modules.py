@@ -9,6 +9,7 @@ from :class:`PINNModule`, and an optimizer only implements
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,11 +26,12 @@ from .loss import LossTerms, check_loss_finite, pinn_loss
 from .sampling import CollocationBatch
 from .metrics import RelativeL2Error, error_figure
 from .model import MLP
+from .apts import APTS, APTSConfig
 from .optim import TrustRegion
 from .problems import PDEProblem, check_int, check_positive, resolve_problem
 from .trust_region import StopReason, TrustRegionConfig
 
-__all__ = ["AdamPINN", "LBFGSPINN", "PINNModule", "TrustRegionPINN"]
+__all__ = ["APTSPINN", "AdamPINN", "LBFGSPINN", "PINNModule", "TrustRegionPINN"]
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ class PINNModule(L.LightningModule):
     eval_points:
         Size ``(n0, n1)`` of the uniform evaluation grid of the error metrics.
     """
+
+    #: progress-bar label -> metric name, beside the loss and the relative L2 error
+    progress_bar: dict[str, str] = {}
 
     def __init__(
         self,
@@ -145,11 +150,13 @@ class PINNModule(L.LightningModule):
 
         ``self.log`` costs about a millisecond per key per call (it moves the whole result
         collection each time), so the many per-iteration scalars go to the loggers directly
-        and only the two progress-bar values go through ``self.log``.
+        and only the progress-bar values go through ``self.log``.
         """
         self.log("loss", metrics["loss/total"], prog_bar=True)
         if "error/rel_l2" in metrics:
             self.log("rel_l2", metrics["error/rel_l2"], prog_bar=True)
+        for label, name in self.progress_bar.items():
+            self.log(label, float(metrics[name]), prog_bar=True)
         values = {name: float(value) for name, value in metrics.items()}
         for logger in self.loggers:
             logger.log_metrics(values, step=step)
@@ -371,4 +378,107 @@ class TrustRegionPINN(PINNModule):
             "tr/acceptance_rate": record["accepted"] / max(record["steps"], 1),
         }
         metrics.update({f"tr/stop/{r.value}": float(r.value == info.reason) for r in StopReason})
+        return first[0], metrics
+
+
+class APTSPINN(PINNModule):
+    """Data-parallel APTS (the paper's Algorithm 1): one outer iteration per training step.
+
+    The algorithm is :class:`~pinn_apts.apts.APTS` (no Lightning); this module hands it the
+    full loss and the replicas' local losses on the batch's random partition of the interior
+    set, and logs what it did.
+
+    Parameters
+    ----------
+    num_subdomains:
+        ``D``, replicas and parts of the interior set (paper: 2, 4, 8; default 4).
+    local_steps:
+        ``J``, local trust-region steps per replica (paper: 3).
+    radius:
+        Initial radius ``Delta_0`` (not given in the paper; default 1.0).
+    max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping:
+        Trust-region constants of the global and local steps; defaults: the paper's.
+    combine:
+        ``"average"`` (paper) or ``"sum"`` of the replica corrections.
+    local_retry:
+        Retry a rejected local step at once with the smaller radius.
+    **kwargs:
+        Passed to :class:`PINNModule`.
+    """
+
+    progress_bar = {"radius": "apts/radius", "acc": "apts/stage1_acceptance_rate"}
+
+    def __init__(
+        self,
+        num_subdomains: int = 4,
+        local_steps: int = 3,
+        radius: float = 1.0,
+        max_radius: float = 10.0,
+        min_radius: float = 1e-10,
+        eta1: float = 0.1,
+        eta2: float = 0.5,
+        shrink: float = 0.5,
+        grow: float = 2.0,
+        cg_max_iter: int = 12,
+        damping: float = 1e-3,
+        combine: Literal["average", "sum"] = "average",
+        local_retry: bool = False,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.optimizer_kwargs = dict(
+            num_subdomains=num_subdomains, local_steps=local_steps, radius=radius, max_radius=max_radius,
+            min_radius=min_radius, eta1=eta1, eta2=eta2, shrink=shrink, grow=grow, cg_max_iter=cg_max_iter,
+            damping=damping, combine=combine, local_retry=local_retry,
+        )
+        # validate now, with messages naming the parameter, rather than at fit time
+        APTSConfig(num_subdomains, local_steps, combine, local_retry)
+        TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping).check_radius(
+            "radius", radius
+        )
+        self.num_subdomains = num_subdomains
+
+    def configure_optimizers(self) -> APTS:
+        return APTS(self.net.parameters(), **self.optimizer_kwargs)
+
+    def outer_iteration(self, batch: CollocationBatch) -> tuple[LossTerms, dict[str, float]]:
+        opt = self.optimizers()
+        interiors = [batch.interior[part] for part in batch.partition(self.num_subdomains)]
+        first: list[LossTerms] = []
+
+        def closure() -> Tensor:
+            terms = self.loss_terms(batch)
+            if not first:
+                check_loss_finite(terms, batch.iteration)
+                first.append(LossTerms(*(t.detach() for t in terms)))
+            return terms.total
+
+        def local_loss(d: int) -> Tensor:
+            return self.loss_terms(batch, interiors[d]).total
+
+        opt.step(closure=closure, local_loss=local_loss)
+        apts: APTS = opt.optimizer
+        info = apts.last_step
+        stage2 = info.stage2
+        metrics = {
+            "apts/radius": info.radius,
+            "apts/stage1_radius": info.stage1_radius,
+            "apts/stage1_accepted": float(info.stage1_accepted),
+            "apts/stage1_acceptance_rate": apts.acceptance_rate,
+            "apts/stage1_rho": info.stage1_rho if math.isfinite(info.stage1_rho) else -1.0,
+            "apts/correction_norm": info.correction_norm,
+            "apts/max_replica_norm": info.max_replica_norm,
+            "apts/local_acceptance": info.local_accepted / max(info.local_steps, 1),
+            "apts/local_cg_iterations": info.local_cg_iterations,
+            "apts/stage2_tries": stage2["tries"],
+            "apts/stage2_mean_tries": apts.state["apts"]["stage2_tries"] / apts.state["apts"]["iterations"],
+            "apts/stage2_cg_iterations": stage2["cg_iterations"],
+            "apts/stage2_accepted": float(stage2["accepted"]),
+            "time/stage1": info.stage1_seconds,
+            "time/stage2": info.stage2_seconds,
+        }
+        metrics.update({f"apts/stage2_stop/{r.value}": float(r.value == stage2["reason"]) for r in StopReason})
+        metrics.update(
+            {f"apts/local_stop/{r.value}": info.local_reasons.get(r.value, 0) / max(info.local_steps, 1) for r in StopReason}
+        )
         return first[0], metrics

@@ -38,6 +38,7 @@ class StepInfo:
     radius: float  #: radius after the step
     rho: float  #: ratio of the last try
     step_norm: float  #: norm of the accepted step (0 if none)
+    predicted_reduction: float  #: model decrease of the accepted step (0 if none)
 
 
 def trust_region_step(
@@ -92,13 +93,13 @@ def trust_region_step(
         accepted, new_radius = update_radius(radius, rho, result.hits_boundary, config)
         if accepted:
             return StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason.value,
-                            min(new_radius, cap), rho, float(result.step.norm()))
+                            min(new_radius, cap), rho, float(result.step.norm()), result.predicted_reduction)
         with torch.no_grad():
             vector_to_parameters(start, params)
         at_floor, radius = radius <= config.min_radius, new_radius
         if at_floor or not retry:
             return StepInfo(loss_value, loss_value, False, tries, cg_iterations, result.reason.value,
-                            radius, rho, 0.0)
+                            radius, rho, 0.0, 0.0)
         if result.reason in (StopReason.CONVERGED, StopReason.MAX_ITER):
             # CG iterates grow in norm, so an interior step is the same for every radius
             # above its norm: the tries in between would be rejected alike.  Count them

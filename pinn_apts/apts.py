@@ -1,0 +1,305 @@
+"""Data-parallel APTS (Algorithm 1 of the paper) as a ``torch.optim.Optimizer``; no Lightning.
+
+One :meth:`APTS.step` is one outer iteration ``k``:
+
+**Stage I (additive preconditioning).**  ``D`` replicas start from ``theta_k``; replica ``d``
+takes ``J`` local trust-region steps on its own objective ``L_k^d`` (its part of the interior
+set plus the shared initial and boundary sets, equation 3), with local radius ``Delta_k / J``
+as both initial and maximum radius, so ``|s_k^d| <= Delta_k``.  The corrections are combined
+(averaged, as in the paper, or summed) into the trial step ``s_bar``; it is accepted iff
+``L(theta_k + s_bar) < L(theta_k)`` on the full objective.
+
+**Stage II (global refinement).**  One trust-region step on the full objective from
+``theta_{k+1/2}`` with radius ``Delta_{k+1/2}``, shrinking and retrying until accepted (or the
+radius reaches ``Delta_min``, which is recorded).  ``Delta`` stays in ``[Delta_min, Delta_max]``.
+
+Choices where the paper leaves room (documented here, in the README, and parameters where a
+researcher would vary them):
+
+- *Stage I radius.*  The paper updates ``Delta`` after Stage I "using trust-region
+  heuristics".  We form the ratio ``rho_I = (L(theta_k) - L(theta_k + s_bar)) / pred_I`` with
+  ``pred_I`` the combined (averaged or summed, like the steps) predicted reductions of the
+  accepted local steps: the decrease the local quadratic models promised, which costs no
+  extra derivative.  ``Delta`` then follows :func:`~pinn_apts.trust_region.update_radius`
+  (shrink if ``rho_I < eta1``; grow if ``rho_I >= eta2`` and some local step was stopped by its
+  radius).  Acceptance itself is the paper's plain decrease test.
+- *Local steps.*  Each local step has its own ratio test on ``L_k^d``: a rejected local step
+  leaves the replica where it is and halves the local radius (which may grow back, at most
+  to ``Delta_k / J``).  With ``local_retry`` a rejected local step is retried at once with the
+  smaller radius instead of using up one of the ``J`` steps.
+- *Combination.*  ``combine="average"`` (paper) or ``"sum"`` (the additive-Schwarz form).
+- *Loss reuse.*  The loss of the acceptance test, at ``theta_{k+1/2}``, starts Stage II, so
+  the full loss is evaluated once less per iteration; nothing in the results changes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from .optim import trust_region_step
+from .trust_region import StopReason, TrustRegionConfig, reduction_ratio, update_radius
+
+__all__ = ["APTS", "APTSConfig", "APTSStepInfo", "LocalSolveResult", "local_solves"]
+
+
+@dataclass(frozen=True)
+class APTSConfig:
+    """The APTS-specific settings (the trust-region constants are a :class:`TrustRegionConfig`).
+
+    Parameters
+    ----------
+    num_subdomains:
+        ``D``, the number of replicas and of parts of the interior set (paper default 4).
+    local_steps:
+        ``J``, local trust-region steps per replica (paper: 3).
+    combine:
+        ``"average"`` (paper) or ``"sum"`` of the replica corrections.
+    local_retry:
+        Retry a rejected local step with the smaller radius instead of counting it as one of ``J``.
+    """
+
+    num_subdomains: int = 4
+    local_steps: int = 3
+    combine: Literal["average", "sum"] = "average"
+    local_retry: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("num_subdomains", "local_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.combine not in ("average", "sum"):
+            raise ValueError(f"combine must be 'average' or 'sum', got {self.combine!r}")
+
+
+@dataclass
+class LocalSolveResult:
+    """Sum of the replica corrections of Stage I and what the local solves did."""
+
+    correction_sum: Tensor
+    predicted_sum: float  #: sum over replicas of the predicted reductions of accepted local steps
+    max_correction_norm: float  #: max_d |s_k^d|
+    local_steps: int = 0
+    local_accepted: int = 0
+    local_tries: int = 0
+    cg_iterations: int = 0
+    hit_boundary: bool = False
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def local_solves(
+    params: Sequence[Tensor],
+    local_loss: Callable[[int], Tensor],
+    replicas: Iterable[int],
+    radius: float,
+    config: TrustRegionConfig,
+    apts: APTSConfig,
+) -> LocalSolveResult:
+    """Stage I's local solves, one replica after the other, on ``params`` in place.
+
+    Each replica starts from the current ``params`` (``theta_k``) and takes ``J`` local
+    trust-region steps on ``local_loss(d)`` with radius ``Delta_k / J`` as initial and maximum
+    radius.  ``params`` are restored to ``theta_k`` on return.
+    """
+    params = list(params)
+    start = parameters_to_vector(params).detach().clone()
+    local_cap = radius / apts.local_steps
+    result = LocalSolveResult(torch.zeros_like(start), 0.0, 0.0)
+    for d in replicas:
+        local_radius = local_cap
+        with torch.no_grad():
+            vector_to_parameters(start, params)
+        for _ in range(apts.local_steps):
+            info = trust_region_step(lambda: local_loss(d), params, local_radius, config,
+                                     max_radius=local_cap, retry=apts.local_retry)
+            local_radius = max(info.radius, config.min_radius)
+            result.local_steps += 1
+            result.local_accepted += int(info.accepted)
+            result.local_tries += info.tries
+            result.cg_iterations += info.cg_iterations
+            result.reasons[info.reason] = result.reasons.get(info.reason, 0) + 1
+            if info.accepted:
+                result.predicted_sum += info.predicted_reduction
+                result.hit_boundary |= info.reason in (StopReason.BOUNDARY.value, StopReason.NEGATIVE_CURVATURE.value)
+        correction = parameters_to_vector(params).detach() - start
+        result.correction_sum += correction
+        result.max_correction_norm = max(result.max_correction_norm, float(correction.norm()))
+    with torch.no_grad():
+        vector_to_parameters(start, params)
+    return result
+
+
+@dataclass
+class APTSStepInfo:
+    """What one outer iteration did (plain types: checkpoint-safe)."""
+
+    loss: float  #: L(theta_k)
+    stage1_loss: float  #: L(theta_k + s_bar), the preconditioner's trial loss
+    stage1_accepted: bool
+    stage1_rho: float
+    stage1_radius: float  #: Delta_{k+1/2}
+    correction_norm: float  #: |s_bar|
+    max_replica_norm: float  #: max_d |s_k^d| (at most Delta_k)
+    local_accepted: int
+    local_steps: int
+    local_cg_iterations: int
+    local_reasons: dict[str, int]
+    stage2: dict  #: the global step's :class:`~pinn_apts.optim.StepInfo` as a dict
+    radius: float  #: Delta_{k+1}
+    new_loss: float  #: L(theta_{k+1})
+    stage1_seconds: float
+    stage2_seconds: float
+
+
+class APTS(torch.optim.Optimizer):
+    """Data-parallel Additively Preconditioned Trust-Region Strategy (Algorithm 1).
+
+    ``step(closure, local_loss)``: ``closure()`` evaluates the full loss ``L`` at the current
+    parameters and ``local_loss(d)`` replica ``d``'s objective ``L_k^d``, both returning the loss
+    with its graph and without calling backward.  See the module docstring for the algorithm
+    and the choices made where the paper is silent.
+
+    Parameters
+    ----------
+    params:
+        Parameters ``theta`` (one group).
+    num_subdomains, local_steps, combine, local_retry:
+        See :class:`APTSConfig`.
+    radius:
+        Initial radius ``Delta_0`` (default 1.0, in ``[min_radius, max_radius]``).
+    max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping:
+        Trust-region constants for the global and local steps (:class:`TrustRegionConfig`;
+        defaults: the paper's).
+
+    The radius, counters and the last iteration's record live in ``state_dict()``.
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor],
+        num_subdomains: int = 4,
+        local_steps: int = 3,
+        radius: float = 1.0,
+        max_radius: float = 10.0,
+        min_radius: float = 1e-10,
+        eta1: float = 0.1,
+        eta2: float = 0.5,
+        shrink: float = 0.5,
+        grow: float = 2.0,
+        cg_max_iter: int = 12,
+        damping: float = 1e-3,
+        combine: Literal["average", "sum"] = "average",
+        local_retry: bool = False,
+    ) -> None:
+        tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping)
+        tr.check_radius("radius", radius)
+        apts = APTSConfig(num_subdomains, local_steps, combine, local_retry)
+        super().__init__(params, {**asdict(tr), **asdict(apts)})
+        if len(self.param_groups) != 1:
+            raise ValueError("APTS supports a single parameter group")
+        self.state["apts"] = {
+            "radius": float(radius),
+            "iterations": 0,
+            "stage1_accepted": 0,
+            "stage2_tries": 0,
+            "stage2_floor_hits": 0,
+            "last": None,
+        }
+
+    @property
+    def trust_region_config(self) -> TrustRegionConfig:
+        group = self.param_groups[0]
+        return TrustRegionConfig(**{k: group[k] for k in TrustRegionConfig.__dataclass_fields__})
+
+    @property
+    def apts_config(self) -> APTSConfig:
+        group = self.param_groups[0]
+        return APTSConfig(**{k: group[k] for k in APTSConfig.__dataclass_fields__})
+
+    @property
+    def radius(self) -> float:
+        return self.state["apts"]["radius"]
+
+    @property
+    def last_step(self) -> APTSStepInfo | None:
+        last = self.state["apts"]["last"]
+        return None if last is None else APTSStepInfo(**last)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Fraction of outer iterations whose Stage I trial step was accepted."""
+        record = self.state["apts"]
+        return record["stage1_accepted"] / max(record["iterations"], 1)
+
+    def step(self, closure: Callable[[], Tensor], local_loss: Callable[[int], Tensor] | None = None) -> Tensor:  # type: ignore[override]
+        if closure is None or local_loss is None:
+            raise ValueError("APTS.step needs closure() (full loss) and local_loss(d) (replica d's loss)")
+        params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
+        tr, apts = self.trust_region_config, self.apts_config
+        record = self.state["apts"]
+        radius = record["radius"]
+        start = parameters_to_vector(params).detach().clone()
+
+        # ---- Stage I: additive preconditioning ----------------------------------------
+        t0 = time.perf_counter()
+        with torch.enable_grad():
+            loss = closure()
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
+        local = local_solves(params, local_loss, range(apts.num_subdomains), radius, tr, apts)
+        scale = 1.0 / apts.num_subdomains if apts.combine == "average" else 1.0
+        correction = scale * local.correction_sum
+        with torch.no_grad():
+            vector_to_parameters(start + correction, params)
+        with torch.enable_grad():
+            trial = closure()
+        trial_value = float(trial.detach())
+        accepted = math.isfinite(trial_value) and trial_value < loss_value
+        rho = reduction_ratio(loss_value - trial_value, scale * local.predicted_sum)
+        _, radius = update_radius(radius, rho, local.hit_boundary, tr)
+        if not accepted:
+            with torch.no_grad():
+                vector_to_parameters(start, params)
+        stage1_radius = radius
+        t1 = time.perf_counter()
+
+        # ---- Stage II: global trust-region refinement ---------------------------------
+        global_step = trust_region_step(closure, params, radius, tr, retry=True,
+                                        loss=trial if accepted else loss)
+        radius = min(max(global_step.radius, tr.min_radius), tr.max_radius)
+        t2 = time.perf_counter()
+
+        info = APTSStepInfo(
+            loss=loss_value,
+            stage1_loss=trial_value,
+            stage1_accepted=accepted,
+            stage1_rho=rho,
+            stage1_radius=stage1_radius,
+            correction_norm=float(correction.norm()),
+            max_replica_norm=local.max_correction_norm,
+            local_accepted=local.local_accepted,
+            local_steps=local.local_steps,
+            local_cg_iterations=local.cg_iterations,
+            local_reasons=local.reasons,
+            stage2=asdict(global_step),
+            radius=radius,
+            new_loss=global_step.new_loss,
+            stage1_seconds=t1 - t0,
+            stage2_seconds=t2 - t1,
+        )
+        record["radius"] = radius
+        record["iterations"] += 1
+        record["stage1_accepted"] += int(accepted)
+        record["stage2_tries"] += global_step.tries
+        record["stage2_floor_hits"] += int(not global_step.accepted)
+        record["last"] = asdict(info)
+        return torch.tensor(loss_value)
