@@ -1,0 +1,169 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from pinn_apts import APTS, APTSPINN, PINNDataModule
+from pinn_apts.apts import APTSConfig
+from pinn_apts.loss import pinn_loss
+from pinn_apts.model import MLP
+from pinn_apts.optim import trust_region_step
+from pinn_apts.problems import get_problem
+from pinn_apts.sampling import CollocationSampler, Curriculum
+from pinn_apts.trust_region import TrustRegionConfig
+
+from .conftest import fast_trainer
+
+SMALL = Curriculum((200, 60, 20), (200, 30, 30), 0.3)
+
+
+def pinn_objective(problem="burgers", num_parts=4, iteration=0, seed=0):
+    torch.set_default_dtype(torch.float64)
+    problem = get_problem(problem)
+    batch = CollocationSampler(problem, total_iterations=20, curriculum=SMALL, seed=seed).batch(iteration)
+    net = MLP(seed=seed)
+    interiors = [batch.interior[p] for p in batch.partition(num_parts)]
+    closure = lambda: pinn_loss(net, problem, batch).total
+    local = lambda d: pinn_loss(net, problem, batch, interiors[d]).total
+    return net, closure, local
+
+
+@pytest.mark.parametrize("num_parts, combine", [(1, "average"), (4, "average"), (8, "average"), (4, "sum")])
+def test_invariants_over_iterations(num_parts, combine):
+    net, closure, local = pinn_objective(num_parts=num_parts)
+    opt = APTS(net.parameters(), num_subdomains=num_parts, radius=0.5, combine=combine)
+    for _ in range(6):
+        radius_k = opt.radius
+        theta_k = torch.nn.utils.parameters_to_vector(net.parameters()).detach().clone()
+        opt.step(closure, local)
+        info = opt.last_step
+        assert info.max_replica_norm <= radius_k * (1 + 1e-9)  # |s_k^d| <= Delta_k
+        assert 1e-10 <= info.radius <= 10.0 and 1e-10 <= info.stage1_radius <= 10.0
+        assert info.new_loss <= info.loss  # Stage II never ends above L(theta_k)
+        # Stage II starts where Stage I left it: theta_k + s_bar if accepted, else theta_k
+        assert info.stage2["loss"] == (info.stage1_loss if info.stage1_accepted else info.loss)
+        assert info.stage1_accepted == (info.stage1_loss < info.loss)
+        moved = torch.nn.utils.parameters_to_vector(net.parameters()).detach() - theta_k
+        bound = info.stage2["step_norm"] + (info.correction_norm if info.stage1_accepted else 0.0)
+        assert float(moved.norm()) <= bound * (1 + 1e-9)  # theta_{k+1} = theta_k (+ s_bar) + s_k
+        assert float(closure().detach()) == pytest.approx(info.new_loss, rel=1e-12)
+    record = opt.state["apts"]
+    assert record["iterations"] == 6 and 0 <= record["stage1_accepted"] <= 6
+
+
+def test_rejected_stage1_leaves_theta_unchanged():
+    x = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    closure = lambda: x.square().sum()  # full loss: minimum at 0
+    local = lambda d: (x - 5.0).square().sum()  # every replica is pulled away from it
+    opt = APTS([x], num_subdomains=2, local_steps=2, radius=1.0, damping=0.0)
+    start = x.detach().clone()
+    opt.step(closure, local)
+    info = opt.last_step
+    assert not info.stage1_accepted and info.stage1_loss > info.loss
+    assert info.stage2["loss"] == info.loss == float(start.square().sum())
+    # the final point is exactly a global TR step from theta_k with the Stage I radius
+    y = start.clone().requires_grad_(True)
+    reference = trust_region_step(lambda: y.square().sum(), [y], info.stage1_radius, TrustRegionConfig(damping=0.0))
+    assert torch.equal(x.detach(), y.detach()) and reference.new_loss == info.new_loss
+
+
+def test_non_finite_trial_step_is_rejected():
+    x = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+
+    def closure():  # NaN beyond x0 = 1.5, where the replicas go
+        value = x.square().sum()
+        return value * math.nan if float(x[0].detach()) > 1.5 else value
+
+    local = lambda d: (x - 3.0).square().sum()
+    opt = APTS([x], num_subdomains=2, local_steps=1, radius=2.0, damping=0.0)
+    opt.step(closure, local)
+    info = opt.last_step
+    assert not info.stage1_accepted and math.isnan(info.stage1_loss)
+    assert torch.isfinite(x).all() and info.new_loss < info.loss
+
+
+def test_one_replica_one_step_is_one_trust_region_step():
+    net, closure, local = pinn_objective(num_parts=1)
+    twin = MLP(seed=0)
+    twin.load_state_dict(net.state_dict())
+    opt = APTS(net.parameters(), num_subdomains=1, local_steps=1, radius=0.3)
+    # Stage I with D = J = 1 on L^1 = L: one TR step of radius Delta on the full loss
+    problem = get_problem("burgers")
+    batch = CollocationSampler(problem, total_iterations=20, curriculum=SMALL, seed=0).batch(0)
+    reference = trust_region_step(lambda: pinn_loss(twin, problem, batch).total, list(twin.parameters()), 0.3,
+                                  TrustRegionConfig(), max_radius=0.3, retry=False)
+    opt.step(closure, local)
+    info = opt.last_step
+    assert reference.accepted
+    assert info.stage1_loss == reference.new_loss
+    assert info.correction_norm == pytest.approx(reference.step_norm, rel=1e-12)
+    assert info.local_steps == 1 and info.local_cg_iterations == reference.cg_iterations
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(num_subdomains=0), "num_subdomains must be an integer >= 1"),
+        (dict(local_steps=0), "local_steps must be an integer >= 1"),
+        (dict(combine="max"), "combine must be 'average' or 'sum'"),
+        (dict(min_radius=1.0, max_radius=0.1), "max_radius must be >= min_radius"),
+        (dict(radius=20.0), r"radius must lie in \[min_radius, max_radius\]"),
+        (dict(eta1=0.5, eta2=0.5), r"eta2 must lie in \(eta1, 1\)"),
+        (dict(shrink=2.0), r"shrink must lie in \(0, 1\)"),
+        (dict(grow=0.9), "grow must be > 1"),
+    ],
+)
+def test_bad_input(kwargs, message):
+    x = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match=message):
+        APTS([x], **kwargs)
+    with pytest.raises(ValueError, match=message):
+        APTSPINN(problem="heat", **kwargs)
+
+
+def test_more_replicas_than_points_is_a_clear_error():
+    module = APTSPINN(problem="heat", num_subdomains=64)
+    data = PINNDataModule("heat", early_sizes=(32, 20, 10), late_sizes=(32, 20, 10))
+    with pytest.raises(ValueError, match=r"num_parts \(D\) must not exceed the number of interior points, got D=64 > 32"):
+        fast_trainer(2).fit(module, data)
+
+
+@pytest.mark.parametrize("problem", ["heat", "burgers", "laplace"])
+def test_short_run_lowers_error(problem):
+    module = APTSPINN(problem=problem)
+    before = float(module.solution_errors()["error/rel_l2"])
+    trainer = fast_trainer(6)
+    trainer.fit(module, PINNDataModule(problem, early_sizes=(400, 200, 40), late_sizes=(400, 100, 100)))
+    assert trainer.global_step == 6
+    assert float(module.solution_errors()["error/rel_l2"]) < 0.7 * before
+    assert module.optimizers().optimizer.state["apts"]["iterations"] == 6
+
+
+def _data():
+    return PINNDataModule("burgers", seed=2, total_iterations=12, early_sizes=(200, 60, 20), late_sizes=(200, 30, 30))
+
+
+def test_same_seed_twice_and_resume_equal_uninterrupted(tmp_path):
+    runs = []
+    for _ in range(2):
+        module = APTSPINN(problem="burgers", seed=2)
+        fast_trainer(12).fit(module, _data())
+        runs.append(module)
+    for a, b in zip(runs[0].parameters(), runs[1].parameters()):
+        assert torch.equal(a, b)
+
+    first = APTSPINN(problem="burgers", seed=2)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
+    fast_trainer(5, tmp_path, enable_checkpointing=True, callbacks=[ckpt]).fit(first, _data())
+    resumed = APTSPINN(problem="burgers", seed=2)
+    trainer = fast_trainer(12, tmp_path)
+    trainer.fit(resumed, _data(), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert trainer.global_step == 12
+    for a, b in zip(runs[0].parameters(), resumed.parameters()):
+        assert torch.equal(a, b)
+    straight = runs[0].optimizers().optimizer.state["apts"]
+    again = resumed.optimizers().optimizer.state["apts"]
+    assert {k: v for k, v in straight.items() if k != "last"} == {k: v for k, v in again.items() if k != "last"}
+    assert straight["last"]["new_loss"] == again["last"]["new_loss"]
