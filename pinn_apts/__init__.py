@@ -3,6 +3,7 @@ Additively Preconditioned Trust-Region Strategy (APTS) and its baselines."""
 
 from .data import PINNDataModule
 from .sampling import CollocationBatch, CollocationSampler, Curriculum, partition_collocation
+from .jet import AutogradJet, Jet, MLPJet
 from .loss import LossTerms, pinn_loss
 from .metrics import RelativeL2Error
 from .model import MLP
@@ -17,7 +18,6 @@ from .problems import (
     PDEProblem,
     available_problems,
     get_problem,
-    gradient,
     register_problem,
 )
 
@@ -30,7 +30,10 @@ __all__ = [
     "CollocationBatch",
     "CollocationSampler",
     "Curriculum",
+    "AutogradJet",
     "Heat",
+    "Jet",
+    "MLPJet",
     "LBFGSPINN",
     "Laplace",
     "LossTerms",
@@ -45,7 +48,6 @@ __all__ = [
     "TrustRegionPINN",
     "available_problems",
     "get_problem",
-    "gradient",
     "partition_collocation",
     "pinn_loss",
     "register_problem",

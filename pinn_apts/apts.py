@@ -117,9 +117,13 @@ def local_solves(
         local_radius = local_cap
         with torch.no_grad():
             vector_to_parameters(start, params)
-        for _ in range(apts.local_steps):
-            info = trust_region_step(lambda: local_loss(d), params, local_radius, config,
-                                     max_radius=local_cap, retry=apts.local_retry)
+        loss = None  # each local step starts from the loss its predecessor left (same objective)
+        for j in range(apts.local_steps):
+            try:
+                info, loss = trust_region_step(lambda: local_loss(d), params, local_radius, config,
+                                               max_radius=local_cap, retry=apts.local_retry, loss=loss)
+            except FloatingPointError as err:
+                raise FloatingPointError(f"Stage I, replica {d}, local step {j + 1}: {err}") from err
             local_radius = max(info.radius, config.min_radius)
             result.local_steps += 1
             result.local_accepted += int(info.accepted)
@@ -243,10 +247,19 @@ class APTS(torch.optim.Optimizer):
         if closure is None or local_loss is None:
             raise ValueError("APTS.step needs closure() (full loss) and local_loss(d) (replica d's loss)")
         params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
+        start = parameters_to_vector(params).detach().clone()
+        try:
+            return self._outer_iteration(params, start, closure, local_loss)
+        except FloatingPointError:
+            with torch.no_grad():  # never leave a half-done iteration behind
+                vector_to_parameters(start, params)
+            raise
+
+    def _outer_iteration(self, params: list[Tensor], start: Tensor, closure: Callable[[], Tensor],
+                         local_loss: Callable[[int], Tensor]) -> Tensor:
         tr, apts = self.trust_region_config, self.apts_config
         record = self.state["apts"]
         radius = record["radius"]
-        start = parameters_to_vector(params).detach().clone()
 
         # ---- Stage I: additive preconditioning ----------------------------------------
         t0 = time.perf_counter()
@@ -273,8 +286,8 @@ class APTS(torch.optim.Optimizer):
         t1 = time.perf_counter()
 
         # ---- Stage II: global trust-region refinement ---------------------------------
-        global_step = trust_region_step(closure, params, radius, tr, retry=True,
-                                        loss=trial if accepted else loss)
+        global_step, _ = trust_region_step(closure, params, radius, tr, retry=True,
+                                           loss=trial if accepted else loss)
         radius = min(max(global_step.radius, tr.min_radius), tr.max_radius)
         t2 = time.perf_counter()
 

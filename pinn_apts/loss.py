@@ -9,6 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from .jet import AutogradJet
 from .problems import PDEProblem
 from .sampling import CollocationBatch
 
@@ -36,8 +37,10 @@ def pinn_loss(
     local objective, equation 3); the initial and boundary sets are always the
     batch's shared ones.
     """
-    points = (batch.interior if interior is None else interior).detach().requires_grad_(True)
-    residual = problem.residual(points, u(points))
+    points = batch.interior if interior is None else interior
+    # An MLP propagates the input derivatives forward (cheaper); any other network by autograd.
+    jet = u.jet(points) if hasattr(u, "jet") else AutogradJet(u, points)
+    residual = problem.residual(jet)
     loss_interior = residual.square().mean()
     # I and B share one forward pass; the residual's input derivatives stay off their rows.
     n_ic = len(batch.initial)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .jet import MLPJet
 from .problems import check_int
 
 __all__ = ["MLP"]
@@ -35,6 +36,10 @@ class MLP(nn.Module):
             nn.init.xavier_normal_(layer.weight, generator=generator)
             nn.init.zeros_(layer.bias)
         self.layer_sizes = tuple(sizes)
+
+    def jet(self, points: Tensor) -> MLPJet:
+        """``u`` at ``points`` with forward-mode input derivatives (see :class:`~pinn_apts.jet.MLPJet`)."""
+        return MLPJet([l.weight for l in self.layers], [l.bias for l in self.layers], points)
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers[:-1]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
@@ -170,7 +171,8 @@ class PINNModule(L.LightningModule):
             self.to(dtypes.pop())
 
     def on_train_end(self) -> None:
-        if not (self.trainer.is_global_zero and self.eval_exact is not None):
+        # The figure goes to the loggers and their run folder; without a logger there is none.
+        if not (self.trainer.is_global_zero and self.eval_exact is not None and self.loggers):
             return
         with torch.no_grad():
             grid = self.eval_grid.to(self.dtype)
@@ -228,6 +230,20 @@ class PINNModule(L.LightningModule):
             else:
                 opt.step(closure=closure)
         return first[0]
+
+
+@contextmanager
+def _name_non_finite_term(last: list[LossTerms], iteration: int) -> Iterator[None]:
+    """Re-raise a trust-region ``FloatingPointError`` naming the iteration and the loss term."""
+    try:
+        yield
+    except FloatingPointError as err:
+        if last:
+            try:
+                check_loss_finite(last[0], iteration)
+            except FloatingPointError as named:
+                raise FloatingPointError(f"{named} ({err})") from err
+        raise
 
 
 class AdamPINN(PINNModule):
@@ -356,17 +372,21 @@ class TrustRegionPINN(PINNModule):
         opt = self.optimizers()
         first: list[LossTerms] = []
 
+        last: list[LossTerms] = []
+
         def closure() -> Tensor:
             terms = self.loss_terms(batch)
             if not first:
                 check_loss_finite(terms, batch.iteration)
                 first.append(LossTerms(*(t.detach() for t in terms)))
+            last[:] = [terms]
             return terms.total
 
         tries = cg = 0
         for i in range(self.steps_per_iteration):
             # as in torch_optimizer_steps: one LightningOptimizer step per outer iteration
-            (opt.optimizer.step if i < self.steps_per_iteration - 1 else opt.step)(closure=closure)
+            with _name_non_finite_term(last, batch.iteration):
+                (opt.optimizer.step if i < self.steps_per_iteration - 1 else opt.step)(closure=closure)
             info = opt.optimizer.last_step
             tries, cg = tries + info.tries, cg + info.cg_iterations
         record = opt.optimizer.state["trust_region"]
@@ -446,17 +466,23 @@ class APTSPINN(PINNModule):
         interiors = [batch.interior[part] for part in batch.partition(self.num_subdomains)]
         first: list[LossTerms] = []
 
+        last: list[LossTerms] = []
+
         def closure() -> Tensor:
             terms = self.loss_terms(batch)
             if not first:
                 check_loss_finite(terms, batch.iteration)
                 first.append(LossTerms(*(t.detach() for t in terms)))
+            last[:] = [terms]
             return terms.total
 
         def local_loss(d: int) -> Tensor:
-            return self.loss_terms(batch, interiors[d]).total
+            terms = self.loss_terms(batch, interiors[d])
+            last[:] = [terms]
+            return terms.total
 
-        opt.step(closure=closure, local_loss=local_loss)
+        with _name_non_finite_term(last, batch.iteration):
+            opt.step(closure=closure, local_loss=local_loss)
         apts: APTS = opt.optimizer
         info = apts.last_step
         stage2 = info.stage2

@@ -50,7 +50,7 @@ def trust_region_step(
     max_radius: float | None = None,
     retry: bool = True,
     loss: Tensor | None = None,
-) -> StepInfo:
+) -> tuple[StepInfo, Tensor]:
     """One trust-region step on ``params`` in place: TR-CG, ratio test, radius update.
 
     ``loss_fn`` evaluates the loss at the current values of ``params`` with a graph (no
@@ -63,6 +63,9 @@ def trust_region_step(
 
     A non-finite trial loss or Hessian-vector product rejects the step and shrinks the
     radius; a non-finite loss or gradient at the current point raises ``FloatingPointError``.
+
+    Returns the step's record and the loss at the parameters it leaves, with its graph, so
+    that a following step on the same objective can start from it (``loss=``).
     """
     cap = config.max_radius if max_radius is None else max_radius
     with torch.enable_grad():
@@ -83,23 +86,26 @@ def trust_region_step(
         result = steihaug_cg(flat_grad, hvp, radius, max_iter=config.cg_max_iter,
                              damping=config.damping, rtol=config.cg_rtol)
         cg_iterations += result.iterations
-        trial_loss = math.nan
+        trial_loss, trial = math.nan, None
         if result.reason != StopReason.NON_FINITE:
             with torch.no_grad():
                 vector_to_parameters(start + result.step, params)
             with torch.enable_grad():
-                trial_loss = float(loss_fn().detach())
+                trial = loss_fn()
+            trial_loss = float(trial.detach())
         rho = reduction_ratio(loss_value - trial_loss, result.predicted_reduction)
         accepted, new_radius = update_radius(radius, rho, result.hits_boundary, config)
         if accepted:
-            return StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason.value,
+            info = StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason.value,
                             min(new_radius, cap), rho, float(result.step.norm()), result.predicted_reduction)
+            return info, trial
         with torch.no_grad():
             vector_to_parameters(start, params)
         at_floor, radius = radius <= config.min_radius, new_radius
         if at_floor or not retry:
-            return StepInfo(loss_value, loss_value, False, tries, cg_iterations, result.reason.value,
+            info = StepInfo(loss_value, loss_value, False, tries, cg_iterations, result.reason.value,
                             radius, rho, 0.0, 0.0)
+            return info, loss
         if result.reason in (StopReason.CONVERGED, StopReason.MAX_ITER):
             # CG iterates grow in norm, so an interior step is the same for every radius
             # above its norm: the tries in between would be rejected alike.  Count them
@@ -180,7 +186,7 @@ class TrustRegion(torch.optim.Optimizer):
             raise ValueError("TrustRegion.step needs a closure that returns the loss (without backward)")
         params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
         record = self.state["trust_region"]
-        info = trust_region_step(closure, params, record["radius"], self.config)
+        info, _ = trust_region_step(closure, params, record["radius"], self.config)
         record["radius"] = info.radius
         record["steps"] += 1
         record["accepted"] += int(info.accepted)

@@ -16,14 +16,14 @@ Define your own PDE by subclassing :class:`PDEProblem` and registering it::
             super().__init__(bounds=((0.0, 1.0), (0.0, 1.0)))
             self.c = check_finite("c", c)
 
-        def residual(self, points, u):
-            du = gradient(u, points)
-            return du[:, 0:1] + self.c * du[:, 1:2]
+        def residual(self, jet):
+            return jet.d(0) + self.c * jet.d(1)   # u_t + c u_x
 
         def exact_solution(self, points):
             t, x = points[:, 0:1], points[:, 1:2]
             return torch.sin(2 * torch.pi * (x - self.c * t))
 
+``jet.d(i)`` / ``jet.d2(i, j)`` are derivatives with respect to input column ``i`` (0: t, 1: x).
 Initial and boundary targets default to the exact solution; override
 :meth:`PDEProblem.initial_values` / :meth:`PDEProblem.boundary_values` when a
 problem has none.
@@ -41,6 +41,8 @@ import torch
 from scipy.special import roots_hermite
 from torch import Tensor
 
+from .jet import Jet
+
 __all__ = [
     "Burgers",
     "Heat",
@@ -51,7 +53,6 @@ __all__ = [
     "check_int",
     "check_positive",
     "get_problem",
-    "gradient",
     "register_problem",
     "resolve_problem",
 ]
@@ -73,19 +74,6 @@ def check_positive(name: str, value: float) -> float:
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
     return value
-
-
-def gradient(outputs: Tensor, inputs: Tensor) -> Tensor:
-    """Derivative of ``outputs`` (N, 1) with respect to each row of ``inputs`` (N, d).
-
-    The graph is kept (``create_graph=True``) so that the result can be
-    differentiated again, for second derivatives and for the parameter gradient
-    of the residual loss.
-    """
-    (grad,) = torch.autograd.grad(
-        outputs, inputs, grad_outputs=torch.ones_like(outputs), create_graph=True
-    )
-    return grad
 
 
 def _uniform_grid(low: float, high: float, n: int, *, open_interval: bool) -> Tensor:
@@ -131,11 +119,11 @@ class PDEProblem(ABC):
 
     # ----------------------------------------------------------------- physics
     @abstractmethod
-    def residual(self, points: Tensor, u: Tensor) -> Tensor:
-        """PDE residual ``F`` at ``points`` (N, 2) given ``u = u_theta(points)`` (N, 1).
+    def residual(self, jet: Jet) -> Tensor:
+        """PDE residual ``F`` at ``jet.points`` (N, 2), an (N, 1) tensor whose mean square is ``L_Omega``.
 
-        ``points`` has ``requires_grad=True``; use :func:`gradient` for derivatives.
-        Returns an (N, 1) tensor; the interior loss is its mean square.
+        ``jet.u`` is the network's value; ``jet.d(i)`` and ``jet.d2(i, j)`` its first and
+        second derivatives with respect to input column ``i`` (and ``j``), computed on demand.
         """
 
     def exact_solution(self, points: Tensor) -> Tensor:
@@ -269,10 +257,8 @@ class Heat(PDEProblem):
     def coefficients(self) -> dict[str, float]:
         return {"kappa": self.kappa}
 
-    def residual(self, points: Tensor, u: Tensor) -> Tensor:
-        du = gradient(u, points)
-        u_xx = gradient(du[:, 1:2], points)[:, 1:2]
-        return du[:, 0:1] - self.kappa * u_xx
+    def residual(self, jet: Jet) -> Tensor:
+        return jet.d(0) - self.kappa * jet.d2(1)
 
     def exact_solution(self, points: Tensor) -> Tensor:
         t, x = points[:, 0:1], points[:, 1:2]
@@ -306,10 +292,8 @@ class Burgers(PDEProblem):
     def coefficients(self) -> dict[str, float]:
         return {"nu": self.nu}
 
-    def residual(self, points: Tensor, u: Tensor) -> Tensor:
-        du = gradient(u, points)
-        u_xx = gradient(du[:, 1:2], points)[:, 1:2]
-        return du[:, 0:1] + u * du[:, 1:2] - self.nu * u_xx
+    def residual(self, jet: Jet) -> Tensor:
+        return jet.d(0) + jet.u * jet.d(1) - self.nu * jet.d2(1)
 
     def exact_solution(self, points: Tensor) -> Tensor:
         z, w = roots_hermite(self.quadrature_order)
@@ -342,11 +326,8 @@ class Laplace(PDEProblem):
     def __init__(self) -> None:
         super().__init__(bounds=((0.0, 1.0), (0.0, 1.0)))
 
-    def residual(self, points: Tensor, u: Tensor) -> Tensor:
-        du = gradient(u, points)
-        u_yy = gradient(du[:, 0:1], points)[:, 0:1]
-        u_xx = gradient(du[:, 1:2], points)[:, 1:2]
-        return u_xx + u_yy
+    def residual(self, jet: Jet) -> Tensor:
+        return jet.d2(1) + jet.d2(0)
 
     def exact_solution(self, points: Tensor) -> Tensor:
         y, x = points[:, 0:1], points[:, 1:2]

@@ -65,7 +65,7 @@ def test_rejected_stage1_leaves_theta_unchanged():
     assert info.stage2["loss"] == info.loss == float(start.square().sum())
     # the final point is exactly a global TR step from theta_k with the Stage I radius
     y = start.clone().requires_grad_(True)
-    reference = trust_region_step(lambda: y.square().sum(), [y], info.stage1_radius, TrustRegionConfig(damping=0.0))
+    reference, _ = trust_region_step(lambda: y.square().sum(), [y], info.stage1_radius, TrustRegionConfig(damping=0.0))
     assert torch.equal(x.detach(), y.detach()) and reference.new_loss == info.new_loss
 
 
@@ -92,7 +92,7 @@ def test_one_replica_one_step_is_one_trust_region_step():
     # Stage I with D = J = 1 on L^1 = L: one TR step of radius Delta on the full loss
     problem = get_problem("burgers")
     batch = CollocationSampler(problem, total_iterations=20, curriculum=SMALL, seed=0).batch(0)
-    reference = trust_region_step(lambda: pinn_loss(twin, problem, batch).total, list(twin.parameters()), 0.3,
+    reference, _ = trust_region_step(lambda: pinn_loss(twin, problem, batch).total, list(twin.parameters()), 0.3,
                                   TrustRegionConfig(), max_radius=0.3, retry=False)
     opt.step(closure, local)
     info = opt.last_step
@@ -167,3 +167,18 @@ def test_same_seed_twice_and_resume_equal_uninterrupted(tmp_path):
     again = resumed.optimizers().optimizer.state["apts"]
     assert {k: v for k, v in straight.items() if k != "last"} == {k: v for k, v in again.items() if k != "last"}
     assert straight["last"]["new_loss"] == again["last"]["new_loss"]
+
+
+def test_non_finite_local_loss_at_current_point_is_an_error_and_theta_is_restored():
+    x = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    calls = {"n": 0}
+
+    def local(d):  # replica 1's objective is undefined once replica 0 has moved
+        calls["n"] += 1
+        value = (x - 3.0).square().sum()
+        return value * math.nan if d == 1 else value
+
+    opt = APTS([x], num_subdomains=2, local_steps=2, radius=1.0, damping=0.0)
+    with pytest.raises(FloatingPointError, match="Stage I, replica 1, local step 1: non-finite loss nan"):
+        opt.step(lambda: x.square().sum(), local)
+    assert torch.equal(x.detach(), torch.tensor([1.0, 1.0], dtype=torch.float64))

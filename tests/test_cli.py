@@ -26,13 +26,13 @@ def test_repo_configs_are_the_packaged_ones():
     names = sorted(p.name for p in REPO_CONFIGS.glob("*.yaml"))
     assert names == sorted(p.name for p in CONFIG_DIR.glob("*.yaml"))
     for pde in ("heat", "burgers", "laplace"):
-        for method in ("adam", "lbfgs", "lbfgs_wolfe", "tr"):
+        for method in ("adam", "lbfgs", "lbfgs_wolfe", "tr", "apts_d2", "apts_d4", "apts_d8"):
             assert f"{pde}_{method}.yaml" in names
 
 
 def test_default_config_fit_overrides(tmp_path):
     cli = cli_main(["fit", *quiet(tmp_path, "--trainer.max_steps=3")])
-    assert type(cli.model).__name__ == "LBFGSPINN" and cli.model.line_search_fn == "strong_wolfe"
+    assert type(cli.model).__name__ == "APTSPINN" and cli.model.num_subdomains == 4
     assert cli.model.problem.name == "burgers" and cli.datamodule.problem is cli.model.problem
     assert cli.trainer.global_step == 3
     assert cli.model.dtype == torch.float64
@@ -43,12 +43,12 @@ def test_default_config_fit_overrides(tmp_path):
     assert saved["trainer"]["max_steps"] == 3
 
 
-@pytest.mark.parametrize("config", ["heat_adam.yaml", "laplace_lbfgs.yaml", "burgers_tr.yaml"])
+@pytest.mark.parametrize("config", ["heat_adam.yaml", "laplace_lbfgs.yaml", "burgers_tr.yaml", "laplace_apts_d8.yaml"])
 def test_fit_from_config_file(tmp_path, config):
     cli = cli_main(["fit", "--config", str(REPO_CONFIGS / config), *quiet(tmp_path, "--trainer.max_steps=2")])
     pde, method = config.removesuffix(".yaml").split("_", 1)
     assert cli.model.problem.name == pde
-    assert type(cli.model).__name__ == {"adam": "AdamPINN", "lbfgs": "LBFGSPINN", "tr": "TrustRegionPINN"}[method]
+    assert type(cli.model).__name__ == {"adam": "AdamPINN", "lbfgs": "LBFGSPINN", "tr": "TrustRegionPINN", "apts_d8": "APTSPINN"}[method]
     assert cli.trainer.global_step == 2
 
 
@@ -75,6 +75,7 @@ def test_console_script_prints_config(tmp_path):
         ["pinn-apts", "fit", "--print_config"], capture_output=True, text=True, check=True, cwd=tmp_path
     ).stdout
     config = yaml.safe_load(out)
-    assert config["model"]["class_path"] == "pinn_apts.LBFGSPINN"
+    assert config["model"]["class_path"] == "pinn_apts.APTSPINN"
+    assert config["model"]["init_args"]["num_subdomains"] == 4
     assert config["trainer"]["max_steps"] == 2000 and config["trainer"]["precision"] == "64-true"
     assert config["data"]["problem"] == "burgers"

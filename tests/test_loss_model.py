@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pinn_apts.sampling import CollocationSampler
+from pinn_apts.jet import AutogradJet, MLPJet
 from pinn_apts.loss import LossTerms, check_loss_finite, pinn_loss
 from pinn_apts.model import MLP
 from pinn_apts.problems import get_problem
@@ -20,8 +21,7 @@ def test_loss_terms_are_mean_squares():
     problem, sampler, net = setup("burgers")
     batch = sampler.batch(0)
     terms = pinn_loss(net, problem, batch)
-    points = batch.interior.clone().requires_grad_(True)
-    residual = problem.residual(points, net(points))
+    residual = problem.residual(AutogradJet(net, batch.interior))
     assert terms.interior.item() == pytest.approx(residual.square().mean().item(), rel=1e-14)
     initial = (net(batch.initial) - batch.initial_values).square().mean()
     assert terms.initial.item() == pytest.approx(initial.item(), rel=1e-14)
@@ -65,3 +65,38 @@ def test_mlp_seeded_and_validated():
         MLP([2, 0, 1])
     with pytest.raises(ValueError, match="at least two widths"):
         MLP([2])
+
+
+@pytest.mark.parametrize("columns", [(0, 0), (1, 1), (0, 1), (1, 0)])
+def test_mlp_jet_matches_autograd(columns):
+    torch.set_default_dtype(torch.float64)
+    net = MLP((2, 16, 16, 1), seed=3)
+    points = torch.rand(50, 2)
+    fast, slow = net.jet(points), AutogradJet(net, points)
+    assert torch.allclose(fast.u, slow.u, rtol=0, atol=1e-14)
+    for i in (0, 1):
+        assert torch.allclose(fast.d(i), slow.d(i), rtol=1e-12, atol=1e-13)
+    assert torch.allclose(fast.d2(*columns), slow.d2(*columns), rtol=1e-11, atol=1e-12)
+
+
+def test_mlp_jet_with_batched_weights():
+    torch.set_default_dtype(torch.float64)
+    nets = [MLP((2, 8, 8, 1), seed=s) for s in range(3)]
+    points = torch.rand(3, 20, 2)
+    weights = [torch.stack([n.layers[l].weight for n in nets]) for l in range(3)]
+    biases = [torch.stack([n.layers[l].bias for n in nets]) for l in range(3)]
+    batched = MLPJet(weights, biases, points)
+    for r, net in enumerate(nets):
+        single = net.jet(points[r])
+        assert torch.allclose(batched.u[r], single.u, atol=1e-14)
+        assert torch.allclose(batched.d2(1)[r], single.d2(1), atol=1e-13)
+        assert torch.allclose(batched.d(0)[r], single.d(0), atol=1e-13)
+
+
+def test_loss_of_generic_network_uses_autograd():
+    problem, sampler, net = setup("burgers")
+    batch = sampler.batch(0)
+    generic = lambda x: net(x)  # no .jet: derivatives by autograd
+    assert pinn_loss(generic, problem, batch).total.item() == pytest.approx(
+        pinn_loss(net, problem, batch).total.item(), rel=1e-12
+    )

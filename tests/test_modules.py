@@ -5,7 +5,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from pinn_apts import AdamPINN, LBFGSPINN, PINNDataModule, TrustRegionPINN
+from pinn_apts import APTSPINN, AdamPINN, LBFGSPINN, PINNDataModule, TrustRegionPINN
 from pinn_apts.problems import Heat
 
 from .conftest import fast_trainer
@@ -64,13 +64,13 @@ class ExplodingHeat(Heat):
     name = "exploding-heat"
     calls = 0
 
-    def residual(self, points, u):
+    def residual(self, jet):
         ExplodingHeat.calls += 1
-        residual = super().residual(points, u)
+        residual = super().residual(jet)
         return residual * math.nan if ExplodingHeat.calls > 3 else residual
 
 
-@pytest.mark.parametrize("module_cls", [AdamPINN, LBFGSPINN, TrustRegionPINN])
+@pytest.mark.parametrize("module_cls", [AdamPINN, LBFGSPINN, TrustRegionPINN, APTSPINN])
 def test_non_finite_loss_is_a_clear_error_and_model_stays_finite(module_cls):
     ExplodingHeat.calls = 0
     problem = ExplodingHeat()

@@ -180,5 +180,6 @@ def test_local_radius_cap_and_no_retry():
     x = torch.tensor([-1.2, 1.0], dtype=torch.float64, requires_grad=True)
     f = lambda: 100 * (x[1] - x[0] ** 2) ** 2 + (1 - x[0]) ** 2
     config = TrustRegionConfig()
-    info = trust_region_step(f, [x], 0.2, config, max_radius=0.2, retry=False)
+    info, loss = trust_region_step(f, [x], 0.2, config, max_radius=0.2, retry=False)
+    assert float(loss.detach()) == info.new_loss
     assert info.tries == 1 and info.radius <= 0.2 and info.step_norm <= 0.2 + 1e-12

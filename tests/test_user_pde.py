@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pinn_apts import AdamPINN, LBFGSPINN, PDEProblem, TrustRegionPINN, PINNDataModule, get_problem, gradient, register_problem
+from pinn_apts import AdamPINN, LBFGSPINN, PDEProblem, PINNDataModule, TrustRegionPINN, get_problem, register_problem
 from pinn_apts.problems import check_finite
 
 from .conftest import fast_trainer
@@ -21,9 +21,8 @@ class Advection(PDEProblem):
         super().__init__(bounds=((0.0, 1.0), (0.0, 1.0)))
         self.c = check_finite("c", c)
 
-    def residual(self, points, u):
-        du = gradient(u, points)
-        return du[:, 0:1] + self.c * du[:, 1:2]
+    def residual(self, jet):
+        return jet.d(0) + self.c * jet.d(1)  # u_t + c u_x
 
     def exact_solution(self, points):
         t, x = points[:, 0:1], points[:, 1:2]

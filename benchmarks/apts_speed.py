@@ -1,0 +1,72 @@
+"""Seconds per APTS outer iteration, split by stage, and peak memory.
+
+Usage::
+
+    python benchmarks/apts_speed.py [--problem burgers] [--subdomains 4] [--iterations 40]
+                                    [--warmup 5] [--threads 1] [--dtype float64]
+
+Runs the Lightning-free core (``pinn_apts.apts.APTS``) on the paper's set-up (early
+curriculum: 1000 interior, 800 initial, 50 boundary points; resampling every 10
+iterations) and prints the median and mean wall time of Stage I, Stage II and the
+whole iteration, and the process's peak resident memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+import torch
+
+from pinn_apts.apts import APTS
+from pinn_apts.loss import pinn_loss
+from pinn_apts.model import MLP
+from pinn_apts.problems import get_problem
+from pinn_apts.sampling import CollocationSampler
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problem", default="burgers")
+    parser.add_argument("--subdomains", type=int, default=4)
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.set_default_dtype(getattr(torch, args.dtype))
+    problem = get_problem(args.problem)
+    total = args.warmup + args.iterations
+    sampler = CollocationSampler(problem, total_iterations=10 * total, seed=0)  # stays in the early curriculum
+    net = MLP(seed=0)
+    opt = APTS(net.parameters(), num_subdomains=args.subdomains)
+    stage1, stage2, whole = [], [], []
+    for k in range(total):
+        batch = sampler.batch(k).to(dtype=torch.get_default_dtype())
+        start = time.perf_counter()
+        interiors = [batch.interior[p] for p in batch.partition(args.subdomains)]
+        opt.step(lambda: pinn_loss(net, problem, batch).total,
+                 lambda d: pinn_loss(net, problem, batch, interiors[d]).total)
+        elapsed = time.perf_counter() - start
+        if k >= args.warmup:
+            info = opt.last_step
+            stage1.append(info.stage1_seconds)
+            stage2.append(info.stage2_seconds)
+            whole.append(elapsed)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"APTS D={args.subdomains} on {args.problem}, {args.dtype}, {args.threads} thread(s), "
+          f"{args.iterations} iterations after {args.warmup} warm-up")
+    for name, values in (("stage I", stage1), ("stage II", stage2), ("iteration", whole)):
+        print(f"  {name:<10} median {statistics.median(values):.4f} s   mean {statistics.fmean(values):.4f} s")
+    record = opt.state["apts"]
+    print(f"  stage I acceptance {opt.acceptance_rate:.3f}, mean stage II tries "
+          f"{record['stage2_tries'] / record['iterations']:.2f}")
+    print(f"  peak resident memory {peak_mib:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
