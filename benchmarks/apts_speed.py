@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/apts_speed.py [--problem burgers] [--subdomains 4] [--iterations 40]
                                     [--warmup 5] [--threads 1] [--dtype float64]
+                                    [--replicas sequential|batched]
 
 Runs the Lightning-free core (``pinn_apts.apts.APTS``) on the paper's set-up (early
 curriculum: 1000 interior, 800 initial, 50 boundary points; resampling every 10
@@ -21,7 +22,7 @@ import time
 import torch
 
 from pinn_apts.apts import APTS
-from pinn_apts.loss import pinn_loss
+from pinn_apts.loss import pinn_loss, stacked_pinn_loss
 from pinn_apts.model import MLP
 from pinn_apts.problems import get_problem
 from pinn_apts.sampling import CollocationSampler
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    parser.add_argument("--replicas", default="sequential", choices=["sequential", "batched"])
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -43,14 +45,16 @@ def main() -> None:
     total = args.warmup + args.iterations
     sampler = CollocationSampler(problem, total_iterations=10 * total, seed=0)  # stays in the early curriculum
     net = MLP(seed=0)
-    opt = APTS(net.parameters(), num_subdomains=args.subdomains)
+    opt = APTS(net.parameters(), num_subdomains=args.subdomains, replicas=args.replicas)
     stage1, stage2, whole = [], [], []
     for k in range(total):
         batch = sampler.batch(k).to(dtype=torch.get_default_dtype())
         start = time.perf_counter()
-        interiors = [batch.interior[p] for p in batch.partition(args.subdomains)]
+        parts = batch.partition(args.subdomains)
+        interiors = [batch.interior[p] for p in parts]
         opt.step(lambda: pinn_loss(net, problem, batch).total,
-                 lambda d: pinn_loss(net, problem, batch, interiors[d]).total)
+                 lambda d: pinn_loss(net, problem, batch, interiors[d]).total,
+                 lambda stacked: stacked_pinn_loss(stacked[0::2], stacked[1::2], problem, batch, parts))
         elapsed = time.perf_counter() - start
         if k >= args.warmup:
             info = opt.last_step
@@ -58,7 +62,7 @@ def main() -> None:
             stage2.append(info.stage2_seconds)
             whole.append(elapsed)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"APTS D={args.subdomains} on {args.problem}, {args.dtype}, {args.threads} thread(s), "
+    print(f"APTS D={args.subdomains} ({args.replicas}) on {args.problem}, {args.dtype}, {args.threads} thread(s), "
           f"{args.iterations} iterations after {args.warmup} warm-up")
     for name, values in (("stage I", stage1), ("stage II", stage2), ("iteration", whole)):
         print(f"  {name:<10} median {statistics.median(values):.4f} s   mean {statistics.fmean(values):.4f} s")

@@ -36,8 +36,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -45,9 +45,10 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .optim import trust_region_step
-from .trust_region import StopReason, TrustRegionConfig, reduction_ratio, update_radius
+from .replicas import batched_local_solves, local_solves
+from .trust_region import TrustRegionConfig, reduction_ratio, update_radius
 
-__all__ = ["APTS", "APTSConfig", "APTSStepInfo", "LocalSolveResult", "local_solves"]
+__all__ = ["APTS", "APTSConfig", "APTSStepInfo"]
 
 
 @dataclass(frozen=True)
@@ -64,12 +65,16 @@ class APTSConfig:
         ``"average"`` (paper) or ``"sum"`` of the replica corrections.
     local_retry:
         Retry a rejected local step with the smaller radius instead of counting it as one of ``J``.
+    replicas:
+        ``"sequential"``: the replicas one after another on the model's parameters;
+        ``"batched"``: all as one batched computation (needs ``batched_local_loss``).
     """
 
     num_subdomains: int = 4
     local_steps: int = 3
     combine: Literal["average", "sum"] = "average"
     local_retry: bool = False
+    replicas: Literal["sequential", "batched"] = "sequential"
 
     def __post_init__(self) -> None:
         for name in ("num_subdomains", "local_steps"):
@@ -78,67 +83,10 @@ class APTSConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.combine not in ("average", "sum"):
             raise ValueError(f"combine must be 'average' or 'sum', got {self.combine!r}")
-
-
-@dataclass
-class LocalSolveResult:
-    """Sum of the replica corrections of Stage I and what the local solves did."""
-
-    correction_sum: Tensor
-    predicted_sum: float  #: sum over replicas of the predicted reductions of accepted local steps
-    max_correction_norm: float  #: max_d |s_k^d|
-    local_steps: int = 0
-    local_accepted: int = 0
-    local_tries: int = 0
-    cg_iterations: int = 0
-    hit_boundary: bool = False
-    reasons: dict[str, int] = field(default_factory=dict)
-
-
-def local_solves(
-    params: Sequence[Tensor],
-    local_loss: Callable[[int], Tensor],
-    replicas: Iterable[int],
-    radius: float,
-    config: TrustRegionConfig,
-    apts: APTSConfig,
-) -> LocalSolveResult:
-    """Stage I's local solves, one replica after the other, on ``params`` in place.
-
-    Each replica starts from the current ``params`` (``theta_k``) and takes ``J`` local
-    trust-region steps on ``local_loss(d)`` with radius ``Delta_k / J`` as initial and maximum
-    radius.  ``params`` are restored to ``theta_k`` on return.
-    """
-    params = list(params)
-    start = parameters_to_vector(params).detach().clone()
-    local_cap = radius / apts.local_steps
-    result = LocalSolveResult(torch.zeros_like(start), 0.0, 0.0)
-    for d in replicas:
-        local_radius = local_cap
-        with torch.no_grad():
-            vector_to_parameters(start, params)
-        loss = None  # each local step starts from the loss its predecessor left (same objective)
-        for j in range(apts.local_steps):
-            try:
-                info, loss = trust_region_step(lambda: local_loss(d), params, local_radius, config,
-                                               max_radius=local_cap, retry=apts.local_retry, loss=loss)
-            except FloatingPointError as err:
-                raise FloatingPointError(f"Stage I, replica {d}, local step {j + 1}: {err}") from err
-            local_radius = max(info.radius, config.min_radius)
-            result.local_steps += 1
-            result.local_accepted += int(info.accepted)
-            result.local_tries += info.tries
-            result.cg_iterations += info.cg_iterations
-            result.reasons[info.reason] = result.reasons.get(info.reason, 0) + 1
-            if info.accepted:
-                result.predicted_sum += info.predicted_reduction
-                result.hit_boundary |= info.reason in (StopReason.BOUNDARY.value, StopReason.NEGATIVE_CURVATURE.value)
-        correction = parameters_to_vector(params).detach() - start
-        result.correction_sum += correction
-        result.max_correction_norm = max(result.max_correction_norm, float(correction.norm()))
-    with torch.no_grad():
-        vector_to_parameters(start, params)
-    return result
+        if self.replicas not in ("sequential", "batched"):
+            raise ValueError(f"replicas must be 'sequential' or 'batched', got {self.replicas!r}")
+        if self.replicas == "batched" and self.local_retry:
+            raise ValueError("local_retry must be False with replicas='batched'")
 
 
 @dataclass
@@ -175,7 +123,7 @@ class APTS(torch.optim.Optimizer):
     ----------
     params:
         Parameters ``theta`` (one group).
-    num_subdomains, local_steps, combine, local_retry:
+    num_subdomains, local_steps, combine, local_retry, replicas:
         See :class:`APTSConfig`.
     radius:
         Initial radius ``Delta_0`` (default 1.0, in ``[min_radius, max_radius]``).
@@ -202,10 +150,11 @@ class APTS(torch.optim.Optimizer):
         damping: float = 1e-3,
         combine: Literal["average", "sum"] = "average",
         local_retry: bool = False,
+        replicas: Literal["sequential", "batched"] = "sequential",
     ) -> None:
         tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping)
         tr.check_radius("radius", radius)
-        apts = APTSConfig(num_subdomains, local_steps, combine, local_retry)
+        apts = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas)
         super().__init__(params, {**asdict(tr), **asdict(apts)})
         if len(self.param_groups) != 1:
             raise ValueError("APTS supports a single parameter group")
@@ -243,20 +192,34 @@ class APTS(torch.optim.Optimizer):
         record = self.state["apts"]
         return record["stage1_accepted"] / max(record["iterations"], 1)
 
-    def step(self, closure: Callable[[], Tensor], local_loss: Callable[[int], Tensor] | None = None) -> Tensor:  # type: ignore[override]
-        if closure is None or local_loss is None:
-            raise ValueError("APTS.step needs closure() (full loss) and local_loss(d) (replica d's loss)")
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], Tensor],
+        local_loss: Callable[[int], Tensor] | None = None,
+        batched_local_loss: Callable[[list[Tensor]], Tensor] | None = None,
+    ) -> Tensor:
+        """One outer iteration.
+
+        ``batched_local_loss(stacked)``, needed with ``replicas="batched"``, maps the parameters
+        stacked as ``(D, *p.shape)`` to the ``D`` local losses.
+        """
+        local = local_loss if self.apts_config.replicas == "sequential" else batched_local_loss
+        if closure is None or local is None:
+            raise ValueError(
+                "APTS.step needs closure() (the full loss) and, for replicas="
+                f"{self.apts_config.replicas!r}, " + ("local_loss(d)" if local_loss is None else "batched_local_loss(stacked)")
+            )
         params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
         start = parameters_to_vector(params).detach().clone()
         try:
-            return self._outer_iteration(params, start, closure, local_loss)
+            return self._outer_iteration(params, start, closure, local)
         except FloatingPointError:
             with torch.no_grad():  # never leave a half-done iteration behind
                 vector_to_parameters(start, params)
             raise
 
     def _outer_iteration(self, params: list[Tensor], start: Tensor, closure: Callable[[], Tensor],
-                         local_loss: Callable[[int], Tensor]) -> Tensor:
+                         local: Callable) -> Tensor:
         tr, apts = self.trust_region_config, self.apts_config
         record = self.state["apts"]
         radius = record["radius"]
@@ -268,17 +231,21 @@ class APTS(torch.optim.Optimizer):
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
-        local = local_solves(params, local_loss, range(apts.num_subdomains), radius, tr, apts)
+        if apts.replicas == "batched":
+            solved = batched_local_solves(params, local, radius, tr, apts.num_subdomains, apts.local_steps)
+        else:
+            solved = local_solves(params, local, range(apts.num_subdomains), radius, tr,
+                                  apts.local_steps, apts.local_retry)
         scale = 1.0 / apts.num_subdomains if apts.combine == "average" else 1.0
-        correction = scale * local.correction_sum
+        correction = scale * solved.correction_sum
         with torch.no_grad():
             vector_to_parameters(start + correction, params)
         with torch.enable_grad():
             trial = closure()
         trial_value = float(trial.detach())
         accepted = math.isfinite(trial_value) and trial_value < loss_value
-        rho = reduction_ratio(loss_value - trial_value, scale * local.predicted_sum)
-        _, radius = update_radius(radius, rho, local.hit_boundary, tr)
+        rho = reduction_ratio(loss_value - trial_value, scale * solved.predicted_sum)
+        _, radius = update_radius(radius, rho, solved.hit_boundary, tr)
         if not accepted:
             with torch.no_grad():
                 vector_to_parameters(start, params)
@@ -298,11 +265,11 @@ class APTS(torch.optim.Optimizer):
             stage1_rho=rho,
             stage1_radius=stage1_radius,
             correction_norm=float(correction.norm()),
-            max_replica_norm=local.max_correction_norm,
-            local_accepted=local.local_accepted,
-            local_steps=local.local_steps,
-            local_cg_iterations=local.cg_iterations,
-            local_reasons=local.reasons,
+            max_replica_norm=solved.max_correction_norm,
+            local_accepted=solved.local_accepted,
+            local_steps=solved.local_steps,
+            local_cg_iterations=solved.cg_iterations,
+            local_reasons=solved.reasons,
             stage2=asdict(global_step),
             radius=radius,
             new_loss=global_step.new_loss,

@@ -9,11 +9,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .jet import AutogradJet
+from .jet import AutogradJet, MLPJet
 from .problems import PDEProblem
 from .sampling import CollocationBatch
 
-__all__ = ["LossTerms", "check_loss_finite", "pinn_loss"]
+__all__ = ["LossTerms", "check_loss_finite", "pinn_loss", "stacked_pinn_loss"]
 
 
 class LossTerms(NamedTuple):
@@ -58,3 +58,30 @@ def check_loss_finite(terms: LossTerms, iteration: int) -> None:
             raise FloatingPointError(
                 f"non-finite loss at outer iteration {iteration}: the {name} term is {value}"
             )
+
+
+def stacked_pinn_loss(
+    weights: list[Tensor],
+    biases: list[Tensor],
+    problem: PDEProblem,
+    batch: CollocationBatch,
+    parts: list[Tensor],
+) -> Tensor:
+    """The ``D`` local objectives ``L_k^d`` (equation 3) of ``D`` tanh MLPs stacked along dim 0.
+
+    ``weights[l]`` is ``(D, out, in)`` and ``biases[l]`` ``(D, out)``; replica ``d`` sees the
+    interior points ``batch.interior[parts[d]]`` and the shared initial and boundary sets.
+    Parts that differ in size by one are padded and masked.  Returns a ``(D,)`` tensor.
+    """
+    size = max(len(p) for p in parts)
+    index = torch.stack([torch.cat([p, p[:1].expand(size - len(p))]) for p in parts])
+    weight = torch.stack([
+        torch.cat([torch.full((len(p),), 1.0 / len(p)), torch.zeros(size - len(p))]) for p in parts
+    ]).to(batch.interior)
+    jet = MLPJet(weights, biases, batch.interior[index])
+    loss_interior = (weight * problem.residual(jet).squeeze(-1).square()).sum(dim=1)
+    n_ic = len(batch.initial)
+    out = MLPJet(weights, biases, torch.cat([batch.initial, batch.boundary])).u.squeeze(-1)
+    loss_initial = (out[:, :n_ic] - batch.initial_values.squeeze(-1)).square().mean(dim=1)
+    loss_boundary = (out[:, n_ic:] - batch.boundary_values.squeeze(-1)).square().mean(dim=1)
+    return loss_interior + loss_initial + loss_boundary

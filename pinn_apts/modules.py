@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torchmetrics import MeanSquaredError
 
-from .loss import LossTerms, check_loss_finite, pinn_loss
+from .loss import LossTerms, check_loss_finite, pinn_loss, stacked_pinn_loss
 from .sampling import CollocationBatch
 from .metrics import RelativeL2Error, error_figure
 from .model import MLP
@@ -422,6 +422,9 @@ class APTSPINN(PINNModule):
         ``"average"`` (paper) or ``"sum"`` of the replica corrections.
     local_retry:
         Retry a rejected local step at once with the smaller radius.
+    replicas:
+        ``"sequential"`` (one replica after the other) or ``"batched"`` (all replicas as one
+        stacked computation; same iterates up to rounding).
     **kwargs:
         Passed to :class:`PINNModule`.
     """
@@ -443,16 +446,17 @@ class APTSPINN(PINNModule):
         damping: float = 1e-3,
         combine: Literal["average", "sum"] = "average",
         local_retry: bool = False,
+        replicas: Literal["sequential", "batched"] = "sequential",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.optimizer_kwargs = dict(
             num_subdomains=num_subdomains, local_steps=local_steps, radius=radius, max_radius=max_radius,
             min_radius=min_radius, eta1=eta1, eta2=eta2, shrink=shrink, grow=grow, cg_max_iter=cg_max_iter,
-            damping=damping, combine=combine, local_retry=local_retry,
+            damping=damping, combine=combine, local_retry=local_retry, replicas=replicas,
         )
         # validate now, with messages naming the parameter, rather than at fit time
-        APTSConfig(num_subdomains, local_steps, combine, local_retry)
+        APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas)
         TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping).check_radius(
             "radius", radius
         )
@@ -463,7 +467,8 @@ class APTSPINN(PINNModule):
 
     def outer_iteration(self, batch: CollocationBatch) -> tuple[LossTerms, dict[str, float]]:
         opt = self.optimizers()
-        interiors = [batch.interior[part] for part in batch.partition(self.num_subdomains)]
+        parts = batch.partition(self.num_subdomains)
+        interiors = [batch.interior[part] for part in parts]
         first: list[LossTerms] = []
 
         last: list[LossTerms] = []
@@ -481,8 +486,11 @@ class APTSPINN(PINNModule):
             last[:] = [terms]
             return terms.total
 
+        def batched_local_loss(stacked: list[Tensor]) -> Tensor:
+            return stacked_pinn_loss(stacked[0::2], stacked[1::2], self.problem, batch, parts)
+
         with _name_non_finite_term(last, batch.iteration):
-            opt.step(closure=closure, local_loss=local_loss)
+            opt.step(closure=closure, local_loss=local_loss, batched_local_loss=batched_local_loss)
         apts: APTS = opt.optimizer
         info = apts.last_step
         stage2 = info.stage2

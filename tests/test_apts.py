@@ -182,3 +182,40 @@ def test_non_finite_local_loss_at_current_point_is_an_error_and_theta_is_restore
     with pytest.raises(FloatingPointError, match="Stage I, replica 1, local step 1: non-finite loss nan"):
         opt.step(lambda: x.square().sum(), local)
     assert torch.equal(x.detach(), torch.tensor([1.0, 1.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("problem, num_parts", [("burgers", 4), ("heat", 3), ("laplace", 8)])
+def test_batched_replicas_equal_sequential(problem, num_parts):
+    from pinn_apts.loss import stacked_pinn_loss
+
+    runs = {}
+    for replicas in ("sequential", "batched"):
+        torch.set_default_dtype(torch.float64)
+        prob = get_problem(problem)
+        sampler = CollocationSampler(prob, total_iterations=20, curriculum=SMALL, seed=1)
+        net = MLP(seed=1)
+        opt = APTS(net.parameters(), num_subdomains=num_parts, radius=0.5, replicas=replicas)
+        infos = []
+        for k in range(4):
+            batch = sampler.batch(k)
+            parts = batch.partition(num_parts)
+            opt.step(
+                lambda: pinn_loss(net, prob, batch).total,
+                lambda d: pinn_loss(net, prob, batch, batch.interior[parts[d]]).total,
+                lambda stacked: stacked_pinn_loss(stacked[0::2], stacked[1::2], prob, batch, parts),
+            )
+            infos.append(opt.last_step)
+        runs[replicas] = (torch.nn.utils.parameters_to_vector(net.parameters()).detach(), infos)
+    (theta_s, infos_s), (theta_b, infos_b) = runs["sequential"], runs["batched"]
+    assert (theta_s - theta_b).abs().max() <= 1e-10
+    for a, b in zip(infos_s, infos_b):
+        assert a.stage1_accepted == b.stage1_accepted and a.local_accepted == b.local_accepted
+        assert a.local_cg_iterations == b.local_cg_iterations and a.local_reasons == b.local_reasons
+        assert a.radius == pytest.approx(b.radius, rel=1e-9)
+
+
+def test_batched_replicas_reject_local_retry():
+    with pytest.raises(ValueError, match="local_retry must be False with replicas='batched'"):
+        APTS([torch.zeros(2, requires_grad=True)], replicas="batched", local_retry=True)
+    with pytest.raises(ValueError, match="replicas must be 'sequential' or 'batched'"):
+        APTSPINN(problem="heat", replicas="vmap")
