@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--replicas", default="sequential", choices=["sequential", "batched"])
+    parser.add_argument("--device", default="cpu", help="e.g. cpu or cuda")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -44,17 +45,22 @@ def main() -> None:
     problem = get_problem(args.problem)
     total = args.warmup + args.iterations
     sampler = CollocationSampler(problem, total_iterations=10 * total, seed=0)  # stays in the early curriculum
-    net = MLP(seed=0)
+    device = torch.device(args.device)
+    net = MLP(seed=0).to(device)
     opt = APTS(net.parameters(), num_subdomains=args.subdomains, replicas=args.replicas)
     stage1, stage2, whole = [], [], []
     for k in range(total):
-        batch = sampler.batch(k).to(dtype=torch.get_default_dtype())
+        batch = sampler.batch(k).to(device=device, dtype=torch.get_default_dtype())
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         start = time.perf_counter()
         parts = batch.partition(args.subdomains)
         interiors = [batch.interior[p] for p in parts]
         opt.step(lambda: pinn_loss(net, problem, batch).total,
                  lambda d: pinn_loss(net, problem, batch, interiors[d]).total,
                  lambda stacked: stacked_pinn_loss(stacked[0::2], stacked[1::2], problem, batch, parts))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         elapsed = time.perf_counter() - start
         if k >= args.warmup:
             info = opt.last_step
@@ -62,7 +68,7 @@ def main() -> None:
             stage2.append(info.stage2_seconds)
             whole.append(elapsed)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"APTS D={args.subdomains} ({args.replicas}) on {args.problem}, {args.dtype}, {args.threads} thread(s), "
+    print(f"APTS D={args.subdomains} ({args.replicas}) on {args.problem}, {args.device}, {args.dtype}, {args.threads} thread(s), "
           f"{args.iterations} iterations after {args.warmup} warm-up")
     for name, values in (("stage I", stage1), ("stage II", stage2), ("iteration", whole)):
         print(f"  {name:<10} median {statistics.median(values):.4f} s   mean {statistics.fmean(values):.4f} s")
@@ -70,6 +76,8 @@ def main() -> None:
     print(f"  stage I acceptance {opt.acceptance_rate:.3f}, mean stage II tries "
           f"{record['stage2_tries'] / record['iterations']:.2f}")
     print(f"  peak resident memory {peak_mib:.0f} MiB")
+    if device.type == "cuda":
+        print(f"  peak GPU memory {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
 
 
 if __name__ == "__main__":

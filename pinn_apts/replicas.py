@@ -156,9 +156,9 @@ def batched_steihaug_cg(
     factor = torch.full_like(g_norm, rtol) if rtol is not None else torch.clamp(torch.sqrt(g_norm), max=0.5)
     tol = factor * g_norm
     d = -r
-    codes = torch.full((n,), _RUNNING, dtype=torch.long)
+    codes = torch.full((n,), _RUNNING, dtype=torch.long, device=grad.device)
     codes[g_norm == 0] = _CODE[StopReason.CONVERGED]
-    iterations = torch.zeros(n, dtype=torch.long)
+    iterations = torch.zeros(n, dtype=torch.long, device=grad.device)
     step = torch.zeros_like(grad)
     bstep = torch.zeros_like(grad)  # B step, for the model value
 
@@ -207,7 +207,7 @@ def batched_steihaug_cg(
         finish(torch.sqrt(rr_next) <= tol, z, r - grad, StopReason.CONVERGED)
         d = torch.where(running, -r + (rr_next / rr).unsqueeze(1) * d, d)
         rr = torch.where(running.squeeze(1), rr_next, rr)
-    finish(torch.ones(n, dtype=torch.bool), z, r - grad, StopReason.MAX_ITER)
+    finish(torch.ones(n, dtype=torch.bool, device=grad.device), z, r - grad, StopReason.MAX_ITER)
     predicted = -(_dot(grad, step) + 0.5 * _dot(step, bstep))
     return BatchedCGResult(step, predicted, iterations, codes)
 
@@ -233,7 +233,7 @@ def batched_local_solves(
     theta = torch.cat([p.detach().reshape(-1) for p in params])
     current = theta.expand(num, -1).clone()  # (D, P)
     local_cap = radius / local_steps
-    radii = torch.full((num,), local_cap, dtype=theta.dtype)
+    radii = torch.full((num,), local_cap, dtype=theta.dtype, device=theta.device)
     result = LocalSolveResult(torch.zeros_like(theta), 0.0, 0.0)
 
     def unflatten(flat: Tensor) -> list[Tensor]:
