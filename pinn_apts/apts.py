@@ -44,9 +44,10 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from .distributed import Communicator, replicas_of_rank
 from .optim import trust_region_step
-from .replicas import batched_local_solves, local_solves
-from .trust_region import TrustRegionConfig, reduction_ratio, update_radius
+from .replicas import LocalSolveResult, batched_local_solves, local_solves
+from .trust_region import StopReason, TrustRegionConfig, reduction_ratio, update_radius
 
 __all__ = ["APTS", "APTSConfig", "APTSStepInfo"]
 
@@ -130,6 +131,13 @@ class APTS(torch.optim.Optimizer):
     max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping:
         Trust-region constants for the global and local steps (:class:`TrustRegionConfig`;
         defaults: the paper's).
+    communicator:
+        Across processes (:class:`~pinn_apts.distributed.TorchDistributed`): this rank solves
+        only its own ``D/W`` replicas (``local_loss(d)`` is asked for those alone, and
+        ``batched_local_loss`` gets them stacked), the corrections are summed with one
+        collective, and ``closure()`` returns this rank's *share* of the full loss, whose
+        values, gradients and Hessian-vector products are summed.  Every rank then holds the
+        same parameters and radius.  Default: one process.
 
     The radius, counters and the last iteration's record live in ``state_dict()``.
     """
@@ -151,6 +159,7 @@ class APTS(torch.optim.Optimizer):
         combine: Literal["average", "sum"] = "average",
         local_retry: bool = False,
         replicas: Literal["sequential", "batched"] = "sequential",
+        communicator: Communicator | None = None,
     ) -> None:
         tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping)
         tr.check_radius("radius", radius)
@@ -158,6 +167,8 @@ class APTS(torch.optim.Optimizer):
         super().__init__(params, {**asdict(tr), **asdict(apts)})
         if len(self.param_groups) != 1:
             raise ValueError("APTS supports a single parameter group")
+        self.communicator = communicator or Communicator()
+        replicas_of_rank(num_subdomains, self.communicator.rank, self.communicator.world_size)
         self.state["apts"] = {
             "radius": float(radius),
             "iterations": 0,
@@ -223,29 +234,34 @@ class APTS(torch.optim.Optimizer):
         tr, apts = self.trust_region_config, self.apts_config
         record = self.state["apts"]
         radius = record["radius"]
+        comm = self.communicator
+        total = comm.all_reduce_sum
+        reduce = total if comm.world_size > 1 else None
+        replicas = replicas_of_rank(apts.num_subdomains, comm.rank, comm.world_size)
 
         # ---- Stage I: additive preconditioning ----------------------------------------
         t0 = time.perf_counter()
         with torch.enable_grad():
             loss = closure()
-        loss_value = float(loss.detach())
+        loss_value = float(total(loss.detach()))
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
         if apts.replicas == "batched":
-            solved = batched_local_solves(params, local, radius, tr, apts.num_subdomains, apts.local_steps)
+            solved = batched_local_solves(params, local, radius, tr, replicas, apts.local_steps)
         else:
-            solved = local_solves(params, local, range(apts.num_subdomains), radius, tr,
-                                  apts.local_steps, apts.local_retry)
+            solved = local_solves(params, local, replicas, radius, tr, apts.local_steps, apts.local_retry)
+        # one collective: this rank's corrections and counters, summed over the ranks
+        summed = _unpack(total(_pack(solved, apts.num_subdomains)), start.numel(), apts.num_subdomains)
         scale = 1.0 / apts.num_subdomains if apts.combine == "average" else 1.0
-        correction = scale * solved.correction_sum
+        correction = scale * summed.correction_sum
         with torch.no_grad():
             vector_to_parameters(start + correction, params)
         with torch.enable_grad():
             trial = closure()
-        trial_value = float(trial.detach())
+        trial_value = float(total(trial.detach()))
         accepted = math.isfinite(trial_value) and trial_value < loss_value
-        rho = reduction_ratio(loss_value - trial_value, scale * solved.predicted_sum)
-        _, radius = update_radius(radius, rho, solved.hit_boundary, tr)
+        rho = reduction_ratio(loss_value - trial_value, scale * summed.predicted_sum)
+        _, radius = update_radius(radius, rho, summed.hit_boundary, tr)
         if not accepted:
             with torch.no_grad():
                 vector_to_parameters(start, params)
@@ -254,7 +270,7 @@ class APTS(torch.optim.Optimizer):
 
         # ---- Stage II: global trust-region refinement ---------------------------------
         global_step, _ = trust_region_step(closure, params, radius, tr, retry=True,
-                                           loss=trial if accepted else loss)
+                                           loss=trial if accepted else loss, reduce=reduce)
         radius = min(max(global_step.radius, tr.min_radius), tr.max_radius)
         t2 = time.perf_counter()
 
@@ -265,11 +281,11 @@ class APTS(torch.optim.Optimizer):
             stage1_rho=rho,
             stage1_radius=stage1_radius,
             correction_norm=float(correction.norm()),
-            max_replica_norm=solved.max_correction_norm,
-            local_accepted=solved.local_accepted,
-            local_steps=solved.local_steps,
-            local_cg_iterations=solved.cg_iterations,
-            local_reasons=solved.reasons,
+            max_replica_norm=max(summed.correction_norms.values()),
+            local_accepted=summed.local_accepted,
+            local_steps=summed.local_steps,
+            local_cg_iterations=summed.cg_iterations,
+            local_reasons=summed.reasons,
             stage2=asdict(global_step),
             radius=radius,
             new_loss=global_step.new_loss,
@@ -283,3 +299,28 @@ class APTS(torch.optim.Optimizer):
         record["stage2_floor_hits"] += int(not global_step.accepted)
         record["last"] = asdict(info)
         return torch.tensor(loss_value)
+
+
+_REASONS = list(StopReason)
+
+
+def _pack(solved: LocalSolveResult, num_replicas: int) -> Tensor:
+    """This rank's Stage I results as one vector, so that one all-reduce sums them all."""
+    norms = torch.zeros(num_replicas, dtype=solved.correction_sum.dtype)
+    for d, norm in solved.correction_norms.items():
+        norms[d] = norm
+    counters = [solved.predicted_sum, float(solved.hit_boundary), solved.local_accepted, solved.local_steps,
+                solved.cg_iterations, *(solved.reasons.get(r.value, 0) for r in _REASONS)]
+    tail = torch.tensor(counters, dtype=solved.correction_sum.dtype)
+    return torch.cat([solved.correction_sum, tail.to(solved.correction_sum.device), norms.to(solved.correction_sum.device)])
+
+
+def _unpack(packed: Tensor, size: int, num_replicas: int) -> LocalSolveResult:
+    values = packed[size:].tolist()
+    counters, norms = values[: 5 + len(_REASONS)], values[5 + len(_REASONS):]
+    reasons = {r.value: int(n) for r, n in zip(_REASONS, counters[5:]) if n}
+    return LocalSolveResult(
+        packed[:size], counters[0], dict(enumerate(norms)), local_steps=int(counters[3]),
+        local_accepted=int(counters[2]), cg_iterations=int(counters[4]), hit_boundary=counters[1] > 0,
+        reasons=reasons,
+    )

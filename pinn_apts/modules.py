@@ -19,6 +19,7 @@ from typing import Literal
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, SingleDeviceStrategy
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torchmetrics import MeanSquaredError
@@ -28,6 +29,7 @@ from .sampling import CollocationBatch
 from .metrics import RelativeL2Error, error_figure
 from .model import MLP
 from .apts import APTS, APTSConfig
+from .distributed import Communicator, default_communicator, replicas_of_rank
 from .optim import TrustRegion
 from .problems import PDEProblem, check_int, check_positive, resolve_problem
 from .trust_region import StopReason, TrustRegionConfig
@@ -462,22 +464,46 @@ class APTSPINN(PINNModule):
         )
         self.num_subdomains = num_subdomains
 
+    def _loss_share(self, batch: CollocationBatch, interior: Tensor, comm: Communicator) -> LossTerms:
+        """This rank's share of ``L``: its interior points' squared residuals over all ``N``
+        interior points, plus the initial and boundary terms on rank 0 only (counted once)."""
+        terms = self.loss_terms(batch, interior)
+        interior_share = terms.interior * (len(interior) / len(batch.interior))
+        shared = 1.0 if comm.rank == 0 else 0.0
+        initial, boundary = shared * terms.initial, shared * terms.boundary
+        return LossTerms(interior_share + initial + boundary, interior_share, initial, boundary)
+
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+            raise ValueError(
+                f"APTSPINN runs under a single-device or a DDP strategy, got {type(strategy).__name__}: "
+                "APTS communicates its own corrections and Hessian-vector products, and a strategy "
+                "that shards parameters or averages gradients would work against it"
+            )
+
     def configure_optimizers(self) -> APTS:
-        return APTS(self.net.parameters(), **self.optimizer_kwargs)
+        return APTS(self.net.parameters(), **self.optimizer_kwargs, communicator=default_communicator())
 
     def outer_iteration(self, batch: CollocationBatch) -> tuple[LossTerms, dict[str, float]]:
         opt = self.optimizers()
+        comm = opt.optimizer.communicator
         parts = batch.partition(self.num_subdomains)
         interiors = [batch.interior[part] for part in parts]
+        own = replicas_of_rank(self.num_subdomains, comm.rank, comm.world_size)
         first: list[LossTerms] = []
-
         last: list[LossTerms] = []
 
         def closure() -> Tensor:
-            terms = self.loss_terms(batch)
+            if comm.world_size == 1:
+                terms = self.loss_terms(batch)
+            else:
+                terms = self._loss_share(batch, torch.cat([interiors[d] for d in own]), comm)
             if not first:
-                check_loss_finite(terms, batch.iteration)
-                first.append(LossTerms(*(t.detach() for t in terms)))
+                # the loss at theta_k, summed over the ranks, for the log and the finiteness check
+                full = LossTerms(*comm.all_reduce_sum(torch.stack([t.detach() for t in terms])))
+                check_loss_finite(full, batch.iteration)
+                first.append(full)
             last[:] = [terms]
             return terms.total
 
@@ -487,7 +513,7 @@ class APTSPINN(PINNModule):
             return terms.total
 
         def batched_local_loss(stacked: list[Tensor]) -> Tensor:
-            return stacked_pinn_loss(stacked[0::2], stacked[1::2], self.problem, batch, parts)
+            return stacked_pinn_loss(stacked[0::2], stacked[1::2], self.problem, batch, [parts[d] for d in own])
 
         with _name_non_finite_term(last, batch.iteration):
             opt.step(closure=closure, local_loss=local_loss, batched_local_loss=batched_local_loss)
@@ -511,6 +537,7 @@ class APTSPINN(PINNModule):
             "time/stage1": info.stage1_seconds,
             "time/stage2": info.stage2_seconds,
         }
+        metrics["apts/processes"] = comm.world_size
         metrics.update({f"apts/stage2_stop/{r.value}": float(r.value == stage2["reason"]) for r in StopReason})
         metrics.update(
             {f"apts/local_stop/{r.value}": info.local_reasons.get(r.value, 0) / max(info.local_steps, 1) for r in StopReason}

@@ -50,6 +50,7 @@ def trust_region_step(
     max_radius: float | None = None,
     retry: bool = True,
     loss: Tensor | None = None,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[StepInfo, Tensor]:
     """One trust-region step on ``params`` in place: TR-CG, ratio test, radius update.
 
@@ -64,21 +65,27 @@ def trust_region_step(
     A non-finite trial loss or Hessian-vector product rejects the step and shrinks the
     radius; a non-finite loss or gradient at the current point raises ``FloatingPointError``.
 
+    ``reduce``, for a data-parallel objective, sums a tensor over the processes: each process's
+    ``loss_fn`` then returns its share of the loss, and the loss values, the gradient and every
+    Hessian-vector product are summed, so that all processes take the same step.
+
     Returns the step's record and the loss at the parameters it leaves, with its graph, so
     that a following step on the same objective can start from it (``loss=``).
     """
+    total = reduce if reduce is not None else (lambda t: t)
     cap = config.max_radius if max_radius is None else max_radius
     with torch.enable_grad():
         if loss is None:
             loss = loss_fn()
-        loss_value = float(loss.detach())
+        loss_value = float(total(loss.detach()))
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at the current point of the trust-region step")
         grads = torch.autograd.grad(loss, params, create_graph=True)
-    flat_grad = torch.cat([g.detach().reshape(-1) for g in grads])
+    flat_grad = total(torch.cat([g.detach().reshape(-1) for g in grads]))
     if not torch.isfinite(flat_grad).all():
         raise FloatingPointError("non-finite gradient at the current point of the trust-region step")
-    hvp = flat_hvp(grads, params)
+    local_hvp = flat_hvp(grads, params)
+    hvp = local_hvp if reduce is None else (lambda v: reduce(local_hvp(v)))
     start = parameters_to_vector(params).detach().clone()
     tries = cg_iterations = 0
     while True:
@@ -92,7 +99,7 @@ def trust_region_step(
                 vector_to_parameters(start + result.step, params)
             with torch.enable_grad():
                 trial = loss_fn()
-            trial_loss = float(trial.detach())
+            trial_loss = float(total(trial.detach()))
         rho = reduction_ratio(loss_value - trial_loss, result.predicted_reduction)
         accepted, new_radius = update_radius(radius, rho, result.hits_boundary, config)
         if accepted:

@@ -36,7 +36,7 @@ class LocalSolveResult:
 
     correction_sum: Tensor
     predicted_sum: float  #: sum over replicas of the predicted reductions of accepted local steps
-    max_correction_norm: float  #: max_d |s_k^d|
+    correction_norms: dict[int, float]  #: |s_k^d| by replica d
     local_steps: int = 0
     local_accepted: int = 0
     local_tries: int = 0
@@ -63,7 +63,7 @@ def local_solves(
     params = list(params)
     start = parameters_to_vector(params).detach().clone()
     local_cap = radius / local_steps
-    result = LocalSolveResult(torch.zeros_like(start), 0.0, 0.0)
+    result = LocalSolveResult(torch.zeros_like(start), 0.0, {})
     for d in replicas:
         local_radius = local_cap
         with torch.no_grad():
@@ -86,7 +86,7 @@ def local_solves(
                 result.hit_boundary |= info.reason in (StopReason.BOUNDARY.value, StopReason.NEGATIVE_CURVATURE.value)
         correction = parameters_to_vector(params).detach() - start
         result.correction_sum += correction
-        result.max_correction_norm = max(result.max_correction_norm, float(correction.norm()))
+        result.correction_norms[d] = float(correction.norm())
     with torch.no_grad():
         vector_to_parameters(start, params)
     return result
@@ -217,24 +217,24 @@ def batched_local_solves(
     batched_local_loss: Callable[[list[Tensor]], Tensor],
     radius: float,
     config: TrustRegionConfig,
-    num_replicas: int,
+    replicas: Sequence[int],
     local_steps: int,
     local_retry: bool = False,
 ) -> LocalSolveResult:
     """Stage I's local solves for all ``D`` replicas at once (same contract as ``local_solves``).
 
-    ``batched_local_loss(stacked)`` takes the parameters stacked as ``(D, *p.shape)`` (in the
-    order of ``params``) and returns the ``D`` local losses ``L_k^d(theta_d)``.
+    ``batched_local_loss(stacked)`` takes the parameters of ``replicas`` stacked as
+    ``(len(replicas), *p.shape)`` (in the order of ``params``) and returns their local losses.
     ``params`` (``theta_k``) are not modified.
     """
-    num = num_replicas
+    num = len(replicas)
     shapes = [p.shape for p in params]
     sizes = [p.numel() for p in params]
     theta = torch.cat([p.detach().reshape(-1) for p in params])
     current = theta.expand(num, -1).clone()  # (D, P)
     local_cap = radius / local_steps
     radii = torch.full((num,), local_cap, dtype=theta.dtype, device=theta.device)
-    result = LocalSolveResult(torch.zeros_like(theta), 0.0, 0.0)
+    result = LocalSolveResult(torch.zeros_like(theta), 0.0, {})
 
     def unflatten(flat: Tensor) -> list[Tensor]:
         return [chunk.reshape(num, *shape) for chunk, shape in zip(flat.split(sizes, dim=1), shapes)]
@@ -252,7 +252,7 @@ def batched_local_solves(
         bad = ~torch.isfinite(loss_values)
         if bad.any():
             d = int(bad.nonzero()[0])
-            raise FloatingPointError(f"Stage I, replica {d}, local step {j + 1}: non-finite loss "
+            raise FloatingPointError(f"Stage I, replica {replicas[d]}, local step {j + 1}: non-finite loss "
                                      f"{float(loss_values[d])} at the current point of the trust-region step")
         with torch.enable_grad():
             grads = torch.autograd.grad(loss.sum(), stacked, create_graph=True)
@@ -261,7 +261,7 @@ def batched_local_solves(
         bad = ~torch.isfinite(flat_grad).all(dim=1)
         if bad.any():
             d = int(bad.nonzero()[0])
-            raise FloatingPointError(f"Stage I, replica {d}, local step {j + 1}: non-finite gradient "
+            raise FloatingPointError(f"Stage I, replica {replicas[d]}, local step {j + 1}: non-finite gradient "
                                      "at the current point of the trust-region step")
 
         def hvp(v: Tensor) -> Tensor:
@@ -293,5 +293,6 @@ def batched_local_solves(
             result.reasons[reason.value] = result.reasons.get(reason.value, 0) + 1
     corrections = current - theta
     result.correction_sum = corrections.sum(dim=0)
-    result.max_correction_norm = float(torch.sqrt(_dot(corrections, corrections)).max())
+    norms = torch.sqrt(_dot(corrections, corrections)).tolist()
+    result.correction_norms = dict(zip(replicas, norms))
     return result

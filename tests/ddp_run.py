@@ -1,0 +1,41 @@
+"""Helper of tests/test_distributed.py (run as a script): APTS under Lightning with W processes.
+
+    python tests/ddp_run.py --devices 2 --subdomains 4 --replicas sequential --steps 10 --out theta.pt
+
+Rank 0 saves the final parameters, radius and counters to ``--out``.
+"""
+
+import argparse
+
+import lightning as L
+import torch
+
+from pinn_apts import APTSPINN, PINNDataModule
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--devices", type=int, default=1)
+    parser.add_argument("--subdomains", type=int, default=4)
+    parser.add_argument("--replicas", default="sequential")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--problem", default="burgers")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    model = APTSPINN(problem=args.problem, num_subdomains=args.subdomains, replicas=args.replicas, seed=3)
+    data = PINNDataModule(args.problem, seed=3, early_sizes=(400, 100, 40), late_sizes=(400, 50, 50))
+    trainer = L.Trainer(
+        max_steps=args.steps, precision="64-true", logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
+    )
+    trainer.fit(model, data)
+    if trainer.is_global_zero:
+        state = model.optimizers().optimizer.state["apts"]
+        torch.save({
+            "theta": torch.nn.utils.parameters_to_vector(model.parameters()).detach(),
+            "radius": state["radius"],
+            "stage1_accepted": state["stage1_accepted"],
+            "stage2_tries": state["stage2_tries"],
+            "world_size": trainer.world_size,
+        }, args.out)

@@ -1,0 +1,71 @@
+"""APTS across processes: Lightning's DDP strategy on CPUs (gloo), compared with one process."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pinn_apts import APTS, APTSPINN
+from pinn_apts.distributed import Communicator, replicas_of_rank
+
+SCRIPT = Path(__file__).with_name("ddp_run.py")
+
+
+def run(tmp_path, devices, replicas="sequential", subdomains=4):
+    out = tmp_path / f"w{devices}_{replicas}_{subdomains}.pt"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--devices", str(devices), "--replicas", replicas,
+         "--subdomains", str(subdomains), "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    return proc, out
+
+
+@pytest.mark.parametrize("replicas", ["sequential", "batched"])
+def test_two_processes_match_one(tmp_path, replicas):
+    one, out1 = run(tmp_path, 1, replicas)
+    two, out2 = run(tmp_path, 2, replicas)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = torch.load(out1), torch.load(out2)
+    assert a["world_size"] == 1 and b["world_size"] == 2
+    assert (a["theta"] - b["theta"]).abs().max() <= 1e-10
+    assert a["radius"] == pytest.approx(b["radius"], rel=1e-9)
+    assert (a["stage1_accepted"], a["stage2_tries"]) == (b["stage1_accepted"], b["stage2_tries"])
+
+
+def test_replicas_not_divisible_by_processes_is_a_clear_error(tmp_path):
+    proc, _ = run(tmp_path, 2, subdomains=3)
+    assert proc.returncode != 0
+    assert "num_subdomains (D=3) must be divisible by the number of processes (W=2)" in proc.stderr
+
+
+def test_replica_ownership():
+    assert list(replicas_of_rank(8, 1, 2)) == [4, 5, 6, 7]
+    assert list(replicas_of_rank(4, 0, 1)) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match=r"num_subdomains \(D=6\) must be divisible by the number of processes \(W=4\)"):
+        replicas_of_rank(6, 0, 4)
+
+
+class _FakeTwoRanks(Communicator):
+    rank, world_size = 0, 2
+
+
+def test_communicator_with_indivisible_replicas_is_rejected_at_construction():
+    with pytest.raises(ValueError, match="must be divisible by the number of processes"):
+        APTS([torch.zeros(3, requires_grad=True)], num_subdomains=3, communicator=_FakeTwoRanks())
+
+
+def test_strategy_that_cannot_work_is_a_clear_error():
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy, SingleDeviceStrategy
+
+    module = APTSPINN(problem="heat")
+    module._trainer = SimpleNamespace(strategy=SingleDeviceStrategy("cpu"))
+    module.setup("fit")  # fine
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy())
+    with pytest.raises(ValueError, match="APTSPINN runs under a single-device or a DDP strategy, got FSDPStrategy"):
+        module.setup("fit")
