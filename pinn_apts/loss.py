@@ -13,7 +13,7 @@ from .jet import AutogradJet, MLPJet
 from .problems import PDEProblem
 from .sampling import CollocationBatch
 
-__all__ = ["LossTerms", "check_loss_finite", "pinn_loss", "stacked_pinn_loss"]
+__all__ = ["LossTerms", "check_loss_finite", "pinn_loss", "pinn_loss_share", "stacked_pinn_loss"]
 
 
 class LossTerms(NamedTuple):
@@ -48,6 +48,27 @@ def pinn_loss(
     loss_initial = (out[:n_ic] - batch.initial_values).square().mean()
     loss_boundary = (out[n_ic:] - batch.boundary_values).square().mean()
     return LossTerms(loss_interior + loss_initial + loss_boundary, loss_interior, loss_initial, loss_boundary)
+
+
+def pinn_loss_share(
+    u: Callable[[Tensor], Tensor],
+    problem: PDEProblem,
+    batch: CollocationBatch,
+    interior: Tensor,
+    include_shared: bool,
+) -> LossTerms:
+    """One process's share of ``L`` in a data-parallel evaluation.
+
+    The squared residuals at this process's ``interior`` points divided by the size of the
+    whole interior set, plus the initial and boundary terms if ``include_shared`` (one process
+    counts them).  Summed over processes whose interior points partition ``batch.interior``,
+    the shares give ``L``.
+    """
+    terms = pinn_loss(u, problem, batch, interior)
+    interior_share = terms.interior * (len(interior) / len(batch.interior))
+    shared = 1.0 if include_shared else 0.0
+    initial, boundary = shared * terms.initial, shared * terms.boundary
+    return LossTerms(interior_share + initial + boundary, interior_share, initial, boundary)
 
 
 def check_loss_finite(terms: LossTerms, iteration: int) -> None:

@@ -24,12 +24,12 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torchmetrics import MeanSquaredError
 
-from .loss import LossTerms, check_loss_finite, pinn_loss, stacked_pinn_loss
+from .loss import LossTerms, check_loss_finite, pinn_loss, pinn_loss_share, stacked_pinn_loss
 from .sampling import CollocationBatch
 from .metrics import RelativeL2Error, error_figure
 from .model import MLP
 from .apts import APTS, APTSConfig
-from .distributed import Communicator, default_communicator, replicas_of_rank
+from .distributed import default_communicator, replicas_of_rank
 from .optim import TrustRegion
 from .problems import PDEProblem, check_int, check_positive, resolve_problem
 from .trust_region import StopReason, TrustRegionConfig
@@ -174,7 +174,10 @@ class PINNModule(L.LightningModule):
 
     def on_train_end(self) -> None:
         # The figure goes to the loggers and their run folder; without a logger there is none.
-        if not (self.trainer.is_global_zero and self.eval_exact is not None and self.loggers):
+        if self.eval_exact is None or not self.loggers:
+            return
+        run_dir = Path(self.trainer.log_dir)  # a collective under DDP: every rank asks
+        if not self.trainer.is_global_zero:
             return
         with torch.no_grad():
             grid = self.eval_grid.to(self.dtype)
@@ -190,7 +193,6 @@ class PINNModule(L.LightningModule):
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure("error/heatmap", fig, self.global_step)
-        run_dir = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         fig.savefig(run_dir / "error.png", dpi=120)
         log.info("error figure written to %s", run_dir / "error.png")
@@ -464,15 +466,6 @@ class APTSPINN(PINNModule):
         )
         self.num_subdomains = num_subdomains
 
-    def _loss_share(self, batch: CollocationBatch, interior: Tensor, comm: Communicator) -> LossTerms:
-        """This rank's share of ``L``: its interior points' squared residuals over all ``N``
-        interior points, plus the initial and boundary terms on rank 0 only (counted once)."""
-        terms = self.loss_terms(batch, interior)
-        interior_share = terms.interior * (len(interior) / len(batch.interior))
-        shared = 1.0 if comm.rank == 0 else 0.0
-        initial, boundary = shared * terms.initial, shared * terms.boundary
-        return LossTerms(interior_share + initial + boundary, interior_share, initial, boundary)
-
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
         if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
@@ -498,7 +491,8 @@ class APTSPINN(PINNModule):
             if comm.world_size == 1:
                 terms = self.loss_terms(batch)
             else:
-                terms = self._loss_share(batch, torch.cat([interiors[d] for d in own]), comm)
+                own_points = torch.cat([interiors[d] for d in own])
+                terms = pinn_loss_share(self.net, self.problem, batch, own_points, comm.rank == 0)
             if not first:
                 # the loss at theta_k, summed over the ranks, for the log and the finiteness check
                 full = LossTerms(*comm.all_reduce_sum(torch.stack([t.detach() for t in terms])))

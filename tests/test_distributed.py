@@ -69,3 +69,19 @@ def test_strategy_that_cannot_work_is_a_clear_error():
     module._trainer = SimpleNamespace(strategy=FSDPStrategy())
     with pytest.raises(ValueError, match="APTSPINN runs under a single-device or a DDP strategy, got FSDPStrategy"):
         module.setup("fit")
+
+
+def test_cli_runs_under_ddp_and_rank_zero_writes(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "pinn_apts.cli", "fit", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+         "--trainer.accelerator", "cpu", "--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false",
+         f"--trainer.default_root_dir={tmp_path}", "--data.early_sizes", "[200, 100, 20]",
+         "--data.late_sizes", "[200, 50, 50]"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = list((tmp_path / "lightning_logs").iterdir())
+    assert len(runs) == 1  # one run folder, written by rank 0
+    assert (runs[0] / "error.png").exists() and (runs[0] / "checkpoints" / "last.ckpt").exists()
+    state = torch.load(runs[0] / "checkpoints" / "last.ckpt", weights_only=False)
+    assert state["global_step"] == 3

@@ -100,3 +100,18 @@ def test_loss_of_generic_network_uses_autograd():
     assert pinn_loss(generic, problem, batch).total.item() == pytest.approx(
         pinn_loss(net, problem, batch).total.item(), rel=1e-12
     )
+
+
+def test_loss_shares_sum_to_the_loss():
+    from pinn_apts.loss import pinn_loss_share
+
+    problem, sampler, net = setup("burgers")
+    batch = sampler.batch(0)
+    parts = batch.partition(4)
+    shares = [
+        pinn_loss_share(net, problem, batch, torch.cat([batch.interior[parts[d]] for d in ranks]), rank == 0)
+        for rank, ranks in enumerate([(0, 1), (2, 3)])
+    ]
+    full = pinn_loss(net, problem, batch)
+    for name in ("total", "interior", "initial", "boundary"):
+        assert sum(getattr(s, name) for s in shares).item() == pytest.approx(getattr(full, name).item(), rel=1e-12)
