@@ -30,21 +30,29 @@ class PINNCLI(LightningCLI):
         parser.link_arguments("data.seed", "model.init_args.seed")
 
 
-def cli_main(args: list[str] | None = None) -> PINNCLI:
-    """Entry point of the ``pinn-apts`` console script."""
+def cli_main(args: list[str] | None = None, run: bool = True) -> PINNCLI:
+    """Entry point of the ``pinn-apts`` console script.
+
+    With ``run=False``, ``args`` hold no subcommand: the model, data and trainer are built
+    from the configuration and returned unfitted.
+    """
     # One batch per outer iteration is produced in the main process by design.
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     # A checkpoint after outer iteration k holds theta_{k+1} with global_step k+1: exactly the
     # state a resumed run needs, so Lightning's manual-optimization caveat does not apply.
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved.*")
+    default = str(CONFIG_DIR / "default.yaml")
     return PINNCLI(
         PINNModule,
         PINNDataModule,
         subclass_mode_model=True,
-        parser_kwargs={"fit": {"default_config_files": [str(CONFIG_DIR / "default.yaml")]}},
+        parser_kwargs=(
+            {"fit": {"default_config_files": [default]}} if run else {"default_config_files": [default]}
+        ),
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=args,
+        run=run,
     )
 
 

@@ -1,0 +1,164 @@
+"""The paper's experiment matrix, resumable: ``python -m pinn_apts.experiments``.
+
+Heat, Burgers, Laplace x {APTS D = 2, 4, 8, Adam, L-BFGS, L-BFGS with strong Wolfe (our
+addition), TR} x seeds x 2000 outer iterations, float64, from the configs in ``configs/``.
+Each run writes ``<out>/<problem>_<method>_s<seed>.json`` (curves of the loss, relative L2
+error, RMSE, and for APTS/TR the radius, Stage I acceptance and Stage II tries per outer
+iteration, plus the wall time) and is skipped when that file exists, so the matrix can be
+completed over several sessions; ``--jobs 2`` runs two at a time (one thread each).
+
+    python -m pinn_apts.experiments --out results --jobs 2
+    python -m pinn_apts.experiments --problems burgers --methods apts_d4 adam --seeds 0 --iterations 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
+
+__all__ = ["METHODS", "PROBLEMS", "CurveLogger", "run_one"]
+
+PROBLEMS = ("heat", "burgers", "laplace")
+METHODS = ("apts_d2", "apts_d4", "apts_d8", "adam", "lbfgs", "lbfgs_wolfe", "tr")
+#: the per-iteration scalars kept in a results file
+CURVES = (
+    "loss/total", "error/rel_l2", "error/rmse", "time/iteration", "apts/radius", "apts/stage1_accepted",
+    "apts/stage2_tries", "tr/radius", "tr/tries",
+)
+
+
+class CurveLogger(Logger):
+    """A Lightning logger that keeps the chosen scalars in memory, step by step."""
+
+    def __init__(self, keep: tuple[str, ...] = CURVES) -> None:
+        super().__init__()
+        self.keep = keep
+        self.curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+
+    @property
+    def name(self) -> str:
+        return "curves"
+
+    @property
+    def version(self) -> str:
+        return "0"
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for key in self.keep:
+            if key in metrics:
+                self.curves[key].append((int(step if step is not None else -1), float(metrics[key])))
+
+
+def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, config_dir: Path,
+            log_root: Path = Path("lightning_logs/experiments")) -> Path:
+    """Train one cell of the matrix and write its results file (unless it exists).
+
+    TensorBoard logs go to ``log_root/<problem>_<method>_s<seed>`` (not meant for git).
+    """
+    from .cli import cli_main
+
+    target = out / f"{problem}_{method}_s{seed}.json"
+    if target.exists():
+        return target
+    config = config_dir / f"{problem}_{method}.yaml"
+    if not config.exists():
+        raise ValueError(f"no config {config} for problem {problem!r} and method {method!r}")
+    logger = CurveLogger()
+    cli = cli_main(
+        [
+            "--config", str(config), f"--seed_everything={seed}", f"--data.seed={seed}",
+            f"--trainer.max_steps={iterations}", "--trainer.enable_progress_bar=false",
+            "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false",
+            "--trainer.callbacks=null", f"--trainer.default_root_dir={log_root / target.stem}",
+        ],
+        run=False,
+    )
+    cli.trainer.loggers = [*cli.trainer.loggers, logger]  # TensorBoard as usual, and the curves
+    start = time.perf_counter()
+    cli.trainer.fit(cli.model, cli.datamodule)
+    wall = time.perf_counter() - start
+    model = cli.model
+    final = {k: float(v) for k, v in model.solution_errors().items()}
+    record: dict[str, Any] = {
+        "problem": problem,
+        "method": method,
+        "seed": seed,
+        "iterations": cli.trainer.global_step,
+        "wall_seconds": wall,
+        "seconds_per_iteration": wall / max(cli.trainer.global_step, 1),
+        "final_rel_l2": final.get("error/rel_l2"),
+        "final_rmse": final.get("error/rmse"),
+        "curves": {k: v for k, v in logger.curves.items()},
+        "hparams": {k: v for k, v in model.hparams.items() if isinstance(v, (int, float, str, bool, type(None)))},
+    }
+    optimizer = cli.trainer.optimizers[0]
+    if "apts" in optimizer.state:
+        state = optimizer.state["apts"]
+        record["stage1_acceptance_rate"] = state["stage1_accepted"] / max(state["iterations"], 1)
+        record["mean_stage2_tries"] = state["stage2_tries"] / max(state["iterations"], 1)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".json.part")
+    partial.write_text(json.dumps(record))
+    partial.replace(target)  # a file that exists is complete
+    return target
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("results"))
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--jobs", type=int, default=1, help="runs at a time, one thread each")
+    parser.add_argument("--config-dir", type=Path, default=Path(__file__).parent / "configs")
+    parser.add_argument("--log-root", type=Path, default=Path("lightning_logs/experiments"))
+    parser.add_argument("--one", nargs=3, metavar=("PROBLEM", "METHOD", "SEED"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.iterations < 1 or args.jobs < 1:
+        parser.error("--iterations and --jobs must be at least 1")
+
+    import torch
+
+    torch.set_num_threads(1)
+    if args.one:
+        problem, method, seed = args.one
+        print(run_one(problem, method, int(seed), args.iterations, args.out, args.config_dir, args.log_root), flush=True)
+        return
+    cells = [(p, m, s) for s in args.seeds for p in args.problems for m in args.methods
+             if not (args.out / f"{p}_{m}_s{s}.json").exists()]
+    print(f"{len(cells)} runs to do in {args.out}", flush=True)
+    running: list[subprocess.Popen] = []
+    started: list[subprocess.Popen] = []
+    for problem, method, seed in cells:
+        while len(running) >= args.jobs:
+            running = [p for p in running if p.poll() is None]
+            time.sleep(1)
+        command = [sys.executable, "-m", "pinn_apts.experiments", "--out", str(args.out), "--iterations",
+                   str(args.iterations), "--config-dir", str(args.config_dir), "--log-root", str(args.log_root),
+                   "--one", problem, method, str(seed)]
+        print("start", problem, method, seed, flush=True)
+        started.append(subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}))
+        running.append(started[-1])
+    failed = sum(p.wait() != 0 for p in started)
+    if failed:
+        raise SystemExit(f"{failed} run(s) failed")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+import json
+
+import pytest
+
+from pinn_apts.experiments import main, run_one
+from pinn_apts.cli import CONFIG_DIR
+
+
+def test_run_writes_curves_and_is_skipped_when_done(tmp_path):
+    out, logs = tmp_path / "results", tmp_path / "logs"
+    target = run_one("heat", "apts_d2", 1, 4, out, CONFIG_DIR, logs)
+    record = json.loads(target.read_text())
+    assert target.name == "heat_apts_d2_s1.json"
+    assert record["iterations"] == 4 and record["seed"] == 1 and record["hparams"]["num_subdomains"] == 2
+    assert [step for step, _ in record["curves"]["loss/total"]] == [0, 1, 2, 3]
+    assert len(record["curves"]["error/rel_l2"]) == 4 and 0 < record["final_rel_l2"] < 2
+    assert 0 <= record["stage1_acceptance_rate"] <= 1 and record["mean_stage2_tries"] >= 1
+    before = target.stat().st_mtime_ns
+    assert run_one("heat", "apts_d2", 1, 4, out, CONFIG_DIR, logs) == target
+    assert target.stat().st_mtime_ns == before  # skipped: the file exists
+
+
+def test_matrix_in_subprocesses(tmp_path, capsys):
+    main(["--out", str(tmp_path / "r"), "--log-root", str(tmp_path / "l"), "--problems", "laplace",
+          "--methods", "adam", "tr", "--seeds", "0", "--iterations", "2", "--jobs", "2"])
+    assert sorted(p.name for p in (tmp_path / "r").glob("*.json")) == ["laplace_adam_s0.json", "laplace_tr_s0.json"]
+    main(["--out", str(tmp_path / "r"), "--problems", "laplace", "--methods", "adam", "tr", "--seeds", "0"])
+    assert "0 runs to do" in capsys.readouterr().out
+
+
+def test_bad_arguments():
+    with pytest.raises(SystemExit):
+        main(["--methods", "sgd"])
+    with pytest.raises(SystemExit):
+        main(["--iterations", "0"])
