@@ -33,3 +33,20 @@ def test_bad_arguments():
         main(["--methods", "sgd"])
     with pytest.raises(SystemExit):
         main(["--iterations", "0"])
+
+
+def test_report_tables_and_figures(tmp_path):
+    from pinn_apts.report import curve_band, load_results, main as report_main, summary_tables
+
+    out = tmp_path / "results"
+    for seed in (0, 1):
+        run_one("heat", "adam", seed, 3, out, CONFIG_DIR, tmp_path / "logs")
+    run_one("heat", "apts_d4", 0, 3, out, CONFIG_DIR, tmp_path / "logs")
+    groups = load_results(out)
+    assert sorted(groups) == [("heat", "adam"), ("heat", "apts_d4")]
+    table = summary_tables(groups)
+    assert "| Adam | 2 |" in table and "| APTS D=4 | 1 |" in table and " ± " in table
+    steps, mean, low, high = curve_band(groups["heat", "adam"], "error/rel_l2")
+    assert list(steps) == [0, 1, 2] and (low <= mean).all() and (mean <= high).all()
+    report_main(["--results", str(out), "--figures", str(tmp_path / "fig")])
+    assert (tmp_path / "fig" / "apts_d4.png").stat().st_size > 10_000
