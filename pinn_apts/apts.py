@@ -69,6 +69,9 @@ class APTSConfig:
     replicas:
         ``"sequential"``: the replicas one after another on the model's parameters;
         ``"batched"``: all as one batched computation (needs ``batched_local_loss``).
+    stage1_radius:
+        How Stage I moves ``Delta`` (see :func:`stage1_radius_update`): ``"ratio"``,
+        ``"decrease"`` or ``"keep"``.
     """
 
     num_subdomains: int = 4
@@ -76,6 +79,7 @@ class APTSConfig:
     combine: Literal["average", "sum"] = "average"
     local_retry: bool = False
     replicas: Literal["sequential", "batched"] = "sequential"
+    stage1_radius: Literal["ratio", "decrease", "keep"] = "ratio"
 
     def __post_init__(self) -> None:
         for name in ("num_subdomains", "local_steps"):
@@ -86,6 +90,8 @@ class APTSConfig:
             raise ValueError(f"combine must be 'average' or 'sum', got {self.combine!r}")
         if self.replicas not in ("sequential", "batched"):
             raise ValueError(f"replicas must be 'sequential' or 'batched', got {self.replicas!r}")
+        if self.stage1_radius not in ("ratio", "decrease", "keep"):
+            raise ValueError(f"stage1_radius must be 'ratio', 'decrease' or 'keep', got {self.stage1_radius!r}")
         if self.replicas == "batched" and self.local_retry:
             raise ValueError("local_retry must be False with replicas='batched'")
 
@@ -124,7 +130,7 @@ class APTS(torch.optim.Optimizer):
     ----------
     params:
         Parameters ``theta`` (one group).
-    num_subdomains, local_steps, combine, local_retry, replicas:
+    num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius:
         See :class:`APTSConfig`.
     radius:
         Initial radius ``Delta_0`` (default 1.0, in ``[min_radius, max_radius]``).
@@ -159,11 +165,12 @@ class APTS(torch.optim.Optimizer):
         combine: Literal["average", "sum"] = "average",
         local_retry: bool = False,
         replicas: Literal["sequential", "batched"] = "sequential",
+        stage1_radius: Literal["ratio", "decrease", "keep"] = "ratio",
         communicator: Communicator | None = None,
     ) -> None:
         tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping)
         tr.check_radius("radius", radius)
-        apts = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas)
+        apts = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius)
         super().__init__(params, {**asdict(tr), **asdict(apts)})
         if len(self.param_groups) != 1:
             raise ValueError("APTS supports a single parameter group")
@@ -261,7 +268,7 @@ class APTS(torch.optim.Optimizer):
         trial_value = float(total(trial.detach()))
         accepted = math.isfinite(trial_value) and trial_value < loss_value
         rho = reduction_ratio(loss_value - trial_value, scale * summed.predicted_sum)
-        _, radius = update_radius(radius, rho, summed.hit_boundary, tr)
+        radius = stage1_radius_update(apts.stage1_radius, radius, accepted, rho, summed.hit_boundary, tr)
         if not accepted:
             with torch.no_grad():
                 vector_to_parameters(start, params)
@@ -299,6 +306,25 @@ class APTS(torch.optim.Optimizer):
         record["stage2_floor_hits"] += int(not global_step.accepted)
         record["last"] = asdict(info)
         return torch.tensor(loss_value)
+
+
+def stage1_radius_update(
+    rule: str, radius: float, accepted: bool, rho: float, hit_boundary: bool, config: TrustRegionConfig
+) -> float:
+    """``Delta_{k+1/2}`` after Stage I, by one of three rules.
+
+    - ``"ratio"``: :func:`~pinn_apts.trust_region.update_radius` with ``rho_I``, the actual
+      decrease of the full loss over the combined predicted decreases of the accepted local
+      steps (shrink if ``rho_I < eta1``, grow if ``rho_I >= eta2`` and a local step hit its
+      boundary), whatever the plain acceptance test said.
+    - ``"decrease"``: follow the acceptance test: shrink on rejection, keep on acceptance.
+    - ``"keep"``: Stage I leaves the radius to Stage II.
+    """
+    if rule == "ratio":
+        return update_radius(radius, rho, hit_boundary, config)[1]
+    if rule == "decrease" and not accepted:
+        radius = radius * config.shrink
+    return min(max(radius, config.min_radius), config.max_radius)
 
 
 _REASONS = list(StopReason)

@@ -429,6 +429,10 @@ class APTSPINN(PINNModule):
     replicas:
         ``"sequential"`` (one replica after the other) or ``"batched"`` (all replicas as one
         stacked computation; same iterates up to rounding).
+    stage1_radius:
+        How Stage I updates the radius: ``"ratio"`` (default; ratio of the actual decrease to the
+        averaged local predicted decreases), ``"decrease"`` (shrink only when Stage I is
+        rejected) or ``"keep"`` (leave it to Stage II); see :func:`~pinn_apts.apts.stage1_radius_update`.
     **kwargs:
         Passed to :class:`PINNModule`.
     """
@@ -451,6 +455,7 @@ class APTSPINN(PINNModule):
         combine: Literal["average", "sum"] = "average",
         local_retry: bool = False,
         replicas: Literal["sequential", "batched"] = "sequential",
+        stage1_radius: Literal["ratio", "decrease", "keep"] = "ratio",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
@@ -458,9 +463,10 @@ class APTSPINN(PINNModule):
             num_subdomains=num_subdomains, local_steps=local_steps, radius=radius, max_radius=max_radius,
             min_radius=min_radius, eta1=eta1, eta2=eta2, shrink=shrink, grow=grow, cg_max_iter=cg_max_iter,
             damping=damping, combine=combine, local_retry=local_retry, replicas=replicas,
+            stage1_radius=stage1_radius,
         )
         # validate now, with messages naming the parameter, rather than at fit time
-        APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas)
+        APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius)
         TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping).check_radius(
             "radius", radius
         )

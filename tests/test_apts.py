@@ -219,3 +219,31 @@ def test_batched_replicas_reject_local_retry():
         APTS([torch.zeros(2, requires_grad=True)], replicas="batched", local_retry=True)
     with pytest.raises(ValueError, match="replicas must be 'sequential' or 'batched'"):
         APTSPINN(problem="heat", replicas="vmap")
+
+
+def test_stage1_radius_rules():
+    from pinn_apts.apts import stage1_radius_update
+
+    config = TrustRegionConfig()
+    # "ratio": the trust-region rule on rho_I, whatever the acceptance test said
+    assert stage1_radius_update("ratio", 1.0, True, 0.05, True, config) == 0.5
+    assert stage1_radius_update("ratio", 1.0, True, 0.7, True, config) == 2.0
+    assert stage1_radius_update("ratio", 1.0, True, 0.7, False, config) == 1.0
+    # "decrease": shrink on rejection only
+    assert stage1_radius_update("decrease", 1.0, True, 0.05, True, config) == 1.0
+    assert stage1_radius_update("decrease", 1.0, False, -math.inf, True, config) == 0.5
+    assert stage1_radius_update("decrease", 1.5e-10, False, -1.0, True, config) == 1e-10
+    # "keep": Stage I leaves it alone
+    assert stage1_radius_update("keep", 1.0, False, -1.0, True, config) == 1.0
+    with pytest.raises(ValueError, match="stage1_radius must be 'ratio', 'decrease' or 'keep'"):
+        APTSPINN(problem="heat", stage1_radius="grow")
+
+
+@pytest.mark.parametrize("rule", ["decrease", "keep"])
+def test_stage1_radius_rule_is_followed(rule):
+    x = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    opt = APTS([x], num_subdomains=2, local_steps=2, radius=1.0, damping=0.0, stage1_radius=rule)
+    opt.step(lambda: x.square().sum(), lambda d: (x - 5.0).square().sum())  # Stage I rejected
+    info = opt.last_step
+    assert not info.stage1_accepted
+    assert info.stage1_radius == (0.5 if rule == "decrease" else 1.0)
