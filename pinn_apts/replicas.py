@@ -39,7 +39,6 @@ class LocalSolveResult:
     correction_norms: dict[int, float]  #: |s_k^d| by replica d
     local_steps: int = 0
     local_accepted: int = 0
-    local_tries: int = 0
     cg_iterations: int = 0
     hit_boundary: bool = False
     reasons: dict[str, int] = field(default_factory=dict)
@@ -78,7 +77,6 @@ def local_solves(
             local_radius = max(info.radius, config.min_radius)
             result.local_steps += 1
             result.local_accepted += int(info.accepted)
-            result.local_tries += info.tries
             result.cg_iterations += info.cg_iterations
             result.reasons[info.reason] = result.reasons.get(info.reason, 0) + 1
             if info.accepted:
@@ -284,7 +282,6 @@ def batched_local_solves(
         radii = torch.where(accept, radii.clamp(max=local_cap), radii).clamp(min=config.min_radius)
         current = torch.where(accept.unsqueeze(1), current + cg.step, current)
         result.local_steps += num
-        result.local_tries += num
         result.local_accepted += int(accept.sum())
         result.cg_iterations += int(cg.iterations.sum())
         result.predicted_sum += float(torch.where(accept, pred, torch.zeros_like(pred)).sum())
