@@ -56,7 +56,7 @@ def measure(rank: int, world: int, args: argparse.Namespace, subdomains: int, re
         if world == 1:
             closure = lambda: pinn_loss(net, problem, batch).total
         else:
-            closure = lambda: pinn_loss_share(net, problem, batch, own_points, comm.rank == 0).total
+            closure = lambda: pinn_loss_share(net, problem, batch, own_points, comm.rank, comm.world_size).total
         if world > 1:
             dist.barrier()
         if device.type == "cuda":

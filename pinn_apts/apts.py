@@ -141,7 +141,8 @@ class APTS(torch.optim.Optimizer):
         Across processes (:class:`~pinn_apts.distributed.TorchDistributed`): this rank solves
         only its own ``D/W`` replicas (``local_loss(d)`` is asked for those alone, and
         ``batched_local_loss`` gets them stacked), the corrections are summed with one
-        collective, and ``closure()`` returns this rank's *share* of the full loss, whose
+        collective, and ``closure()`` returns this rank's *share* of the full loss (see
+        :func:`~pinn_apts.loss.pinn_loss_share`), whose
         values, gradients and Hessian-vector products are summed.  Every rank then holds the
         same parameters and radius.  Default: one process.
 

@@ -55,20 +55,26 @@ def pinn_loss_share(
     problem: PDEProblem,
     batch: CollocationBatch,
     interior: Tensor,
-    include_shared: bool,
+    rank: int,
+    world_size: int,
 ) -> LossTerms:
     """One process's share of ``L`` in a data-parallel evaluation.
 
     The squared residuals at this process's ``interior`` points divided by the size of the
-    whole interior set, plus the initial and boundary terms if ``include_shared`` (one process
-    counts them).  Summed over processes whose interior points partition ``batch.interior``,
-    the shares give ``L``.
+    whole interior set, plus the squared misfits at every ``world_size``-th initial and
+    boundary point from ``rank`` on, divided by the sizes of those sets.  Summed over the
+    processes (whose interior points partition ``batch.interior``) the shares give ``L``, and
+    each process carries about ``1/world_size`` of every term.
     """
-    terms = pinn_loss(u, problem, batch, interior)
-    interior_share = terms.interior * (len(interior) / len(batch.interior))
-    shared = 1.0 if include_shared else 0.0
-    initial, boundary = shared * terms.initial, shared * terms.boundary
-    return LossTerms(interior_share + initial + boundary, interior_share, initial, boundary)
+    points = interior.detach()
+    residual = problem.residual(u.jet(points) if hasattr(u, "jet") else AutogradJet(u, points))
+    interior_share = residual.square().sum() / len(batch.interior)
+    initial, initial_values = batch.initial[rank::world_size], batch.initial_values[rank::world_size]
+    boundary, boundary_values = batch.boundary[rank::world_size], batch.boundary_values[rank::world_size]
+    out = u(torch.cat([initial, boundary]))
+    initial_share = (out[: len(initial)] - initial_values).square().sum() / len(batch.initial)
+    boundary_share = (out[len(initial) :] - boundary_values).square().sum() / len(batch.boundary)
+    return LossTerms(interior_share + initial_share + boundary_share, interior_share, initial_share, boundary_share)
 
 
 def check_loss_finite(terms: LossTerms, iteration: int) -> None:

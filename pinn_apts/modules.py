@@ -498,7 +498,7 @@ class APTSPINN(PINNModule):
                 terms = self.loss_terms(batch)
             else:
                 own_points = torch.cat([interiors[d] for d in own])
-                terms = pinn_loss_share(self.net, self.problem, batch, own_points, comm.rank == 0)
+                terms = pinn_loss_share(self.net, self.problem, batch, own_points, comm.rank, comm.world_size)
             if not first:
                 # the loss at theta_k, summed over the ranks, for the log and the finiteness check
                 full = LossTerms(*comm.all_reduce_sum(torch.stack([t.detach() for t in terms])))

@@ -109,7 +109,7 @@ def test_loss_shares_sum_to_the_loss():
     batch = sampler.batch(0)
     parts = batch.partition(4)
     shares = [
-        pinn_loss_share(net, problem, batch, torch.cat([batch.interior[parts[d]] for d in ranks]), rank == 0)
+        pinn_loss_share(net, problem, batch, torch.cat([batch.interior[parts[d]] for d in ranks]), rank, 2)
         for rank, ranks in enumerate([(0, 1), (2, 3)])
     ]
     full = pinn_loss(net, problem, batch)
