@@ -79,3 +79,13 @@ def test_console_script_prints_config(tmp_path):
     assert config["model"]["init_args"]["num_subdomains"] == 4
     assert config["trainer"]["max_steps"] == 2000 and config["trainer"]["precision"] == "64-true"
     assert config["data"]["problem"] == "burgers"
+
+
+def test_threads_option(tmp_path):
+    cli_main(["fit", *quiet(tmp_path, "--trainer.max_steps=1", "--threads=2", "--config",
+                            str(REPO_CONFIGS / "heat_adam.yaml"))])
+    assert torch.get_num_threads() == 2
+    cli_main(["fit", *quiet(tmp_path, "--trainer.max_steps=1", "--config", str(REPO_CONFIGS / "heat_adam.yaml"))])
+    assert torch.get_num_threads() == 1  # the default
+    with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"):
+        cli_main(["fit", *quiet(tmp_path, "--trainer.max_steps=1", "--threads=0")])
