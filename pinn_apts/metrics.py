@@ -39,10 +39,7 @@ class RelativeL2Error(Metric):
 
 def error_figure(grid: Tensor, prediction: Tensor, exact: Tensor, shape: tuple[int, int], names: tuple[str, str], title: str = ""):
     """Three panels over the evaluation grid: prediction, exact solution, absolute error."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     n0, n1 = shape
     c0 = grid[:, 0].reshape(n0, n1).cpu().numpy()
@@ -52,7 +49,8 @@ def error_figure(grid: Tensor, prediction: Tensor, exact: Tensor, shape: tuple[i
         "exact": exact.reshape(n0, n1).detach().cpu().numpy(),
         "|error|": (prediction - exact).abs().reshape(n0, n1).detach().cpu().numpy(),
     }
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), constrained_layout=True)
+    fig = Figure(figsize=(13, 3.6), layout="constrained")
+    axes = fig.subplots(1, 3)
     for ax, (label, values) in zip(axes, panels.items()):
         mesh = ax.pcolormesh(c0, c1, values, shading="auto", cmap="viridis" if label != "|error|" else "magma")
         fig.colorbar(mesh, ax=ax)

@@ -196,9 +196,6 @@ class PINNModule(L.LightningModule):
         run_dir.mkdir(parents=True, exist_ok=True)
         fig.savefig(run_dir / "error.png", dpi=120)
         log.info("error figure written to %s", run_dir / "error.png")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
 
     # ------------------------------------------------------------- baselines
     def torch_optimizer_steps(self, batch: CollocationBatch, steps: int) -> LossTerms:

@@ -82,15 +82,12 @@ def curve_band(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, n
 
 def plot_curves(groups: dict[tuple[str, str], list[dict]], apts_method: str, path: Path | None = None):
     """Figures 1-3 of the paper: for each PDE, error and loss vs outer iteration, mean with a min-max band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     problems = sorted({p for p, _ in groups})
     methods = [apts_method, "adam", "lbfgs", "lbfgs_wolfe", "tr"]
-    fig, axes = plt.subplots(len(problems), 2, figsize=(11, 3.2 * len(problems)), squeeze=False,
-                             constrained_layout=True)
+    fig = Figure(figsize=(11, 3.2 * len(problems)), layout="constrained")
+    axes = fig.subplots(len(problems), 2, squeeze=False)
     for row, problem in zip(axes, problems):
         for ax, key, label in ((row[0], "error/rel_l2", "relative L2 error"), (row[1], "loss/total", "loss")):
             for method in methods:
