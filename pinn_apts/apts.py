@@ -188,8 +188,7 @@ class APTS(torch.optim.Optimizer):
 
     @property
     def trust_region_config(self) -> TrustRegionConfig:
-        group = self.param_groups[0]
-        return TrustRegionConfig(**{k: group[k] for k in TrustRegionConfig.__dataclass_fields__})
+        return TrustRegionConfig.from_mapping(self.param_groups[0])
 
     @property
     def apts_config(self) -> APTSConfig:

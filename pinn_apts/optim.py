@@ -176,8 +176,7 @@ class TrustRegion(torch.optim.Optimizer):
 
     @property
     def config(self) -> TrustRegionConfig:
-        group = self.param_groups[0]
-        return TrustRegionConfig(**{k: group[k] for k in TrustRegionConfig.__dataclass_fields__})
+        return TrustRegionConfig.from_mapping(self.param_groups[0])
 
     @property
     def radius(self) -> float:

@@ -119,6 +119,11 @@ class TrustRegionConfig:
         if self.cg_rtol is not None:
             _check("cg_rtol", self.cg_rtol, "lie in (0, 1)", 0 < self.cg_rtol < 1)
 
+    @classmethod
+    def from_mapping(cls, mapping: dict) -> TrustRegionConfig:
+        """The config held in ``mapping`` (an optimizer's parameter group), other keys ignored."""
+        return cls(**{k: mapping[k] for k in cls.__dataclass_fields__})
+
     def check_radius(self, name: str, radius: float) -> float:
         """Validate a radius against ``[min_radius, max_radius]``."""
         return _check(name, radius, f"lie in [min_radius, max_radius] = [{self.min_radius}, {self.max_radius}]",
