@@ -4,7 +4,8 @@ Heat, Burgers, Laplace x {APTS D = 2, 4, 8, Adam, L-BFGS, L-BFGS with strong Wol
 addition), TR} x seeds x 2000 outer iterations, float64, from the configs in ``configs/``.
 Each run writes ``<out>/<problem>_<method>_s<seed>.json`` (curves of the loss, relative L2
 error, RMSE, and for APTS/TR the radius, Stage I acceptance and Stage II tries per outer
-iteration, plus the wall time) and is skipped when that file exists, so the matrix can be
+iteration, plus the wall time and the final network's parameters, from which
+:func:`final_network` rebuilds it for the error heatmaps) and is skipped when that file exists, so the matrix can be
 completed over several sessions; ``--jobs 2`` runs two at a time (one thread each).
 
     python -m pinn_apts.experiments --out results --jobs 2
@@ -26,7 +27,7 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["METHODS", "PROBLEMS", "CurveLogger", "run_one"]
+__all__ = ["METHODS", "PROBLEMS", "CurveLogger", "final_network", "run_one"]
 
 PROBLEMS = ("heat", "burgers", "laplace")
 METHODS = ("apts_d2", "apts_d4", "apts_d8", "adam", "lbfgs", "lbfgs_wolfe", "tr")
@@ -70,6 +71,8 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
 
     TensorBoard logs go to ``log_root/<problem>_<method>_s<seed>`` (not meant for git).
     """
+    from torch.nn.utils import parameters_to_vector
+
     from .cli import cli_main
 
     target = out / f"{problem}_{method}_s{seed}.json"
@@ -105,6 +108,8 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
         "final_rmse": final.get("error/rmse"),
         "curves": {k: v for k, v in logger.curves.items()},
         "hparams": {k: v for k, v in model.hparams.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "layer_sizes": list(model.net.layer_sizes),
+        "final_parameters": parameters_to_vector(model.net.parameters()).double().tolist(),
     }
     optimizer = cli.trainer.optimizers[0]
     if "apts" in optimizer.state:
@@ -116,6 +121,20 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     partial.write_text(json.dumps(record))
     partial.replace(target)  # a file that exists is complete
     return target
+
+
+def final_network(record: dict[str, Any]):
+    """The trained network of a results file (float64), or ``None`` for files written without it."""
+    import torch
+    from torch.nn.utils import vector_to_parameters
+
+    from .model import MLP
+
+    if "final_parameters" not in record:
+        return None
+    net = MLP(record["layer_sizes"]).double()
+    vector_to_parameters(torch.tensor(record["final_parameters"], dtype=torch.float64), net.parameters())
+    return net
 
 
 def main(argv: list[str] | None = None) -> None:

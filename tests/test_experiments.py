@@ -1,8 +1,9 @@
 import json
 
 import pytest
+import torch
 
-from pinn_apts.experiments import main, run_one
+from pinn_apts.experiments import final_network, main, run_one
 from pinn_apts.cli import CONFIG_DIR
 
 
@@ -15,6 +16,14 @@ def test_run_writes_curves_and_is_skipped_when_done(tmp_path):
     assert [step for step, _ in record["curves"]["loss/total"]] == [0, 1, 2, 3]
     assert len(record["curves"]["error/rel_l2"]) == 4 and 0 < record["final_rel_l2"] < 2
     assert 0 <= record["stage1_acceptance_rate"] <= 1 and record["mean_stage2_tries"] >= 1
+    # the stored parameters rebuild the trained network: its error is the recorded one
+    from pinn_apts import get_problem
+    problem, net = get_problem("heat"), final_network(record)
+    grid = problem.evaluation_grid(101, 101).double()
+    with torch.no_grad():
+        diff, exact = net(grid) - problem.exact_solution(grid), problem.exact_solution(grid)
+    assert float(diff.norm() / exact.norm()) == pytest.approx(record["final_rel_l2"], rel=1e-10)
+    assert final_network({k: v for k, v in record.items() if k != "final_parameters"}) is None
     before = target.stat().st_mtime_ns
     assert run_one("heat", "apts_d2", 1, 4, out, CONFIG_DIR, logs) == target
     assert target.stat().st_mtime_ns == before  # skipped: the file exists
