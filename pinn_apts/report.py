@@ -5,7 +5,8 @@
 Prints one Markdown table per PDE (final relative L2 and RMSE as mean ± std over seeds, final
 loss, Stage I acceptance rate, mean Stage II tries, seconds per iteration) and draws figures
 like the paper's Figures 1-3: error and loss against outer iteration, mean over seeds with a
-min-max band, one row per PDE, one figure per D.
+min-max band, one row per PDE, one figure per D; and like its Figure 4: the pointwise error of
+the final networks of APTS D = 4, Adam and L-BFGS over each PDE's domain.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["curve_band", "load_results", "plot_curves", "summary_tables"]
+__all__ = ["curve_band", "load_results", "plot_curves", "plot_heatmaps", "summary_tables"]
 
 LABELS = {
     "apts_d2": "APTS D=2", "apts_d4": "APTS D=4", "apts_d8": "APTS D=8", "adam": "Adam",
@@ -110,10 +111,59 @@ def plot_curves(groups: dict[tuple[str, str], list[dict]], apts_method: str, pat
     return fig
 
 
+def plot_heatmaps(groups: dict[tuple[str, str], list[dict]], methods: tuple[str, ...] = ("apts_d4", "adam", "lbfgs"),
+                  path: Path | None = None, shape: tuple[int, int] = (101, 101)):
+    """Figure 4 of the paper: ``|u_theta - u|`` of the final networks, one row per PDE, one column per method.
+
+    Each row uses the lowest seed whose results files of all ``methods`` hold the final
+    parameters (the files say which); a row without one is left out. Returns ``None`` when no
+    row can be drawn.
+    """
+    import torch
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    from .experiments import final_network
+    from .problems import get_problem
+
+    rows = []
+    for problem in sorted({p for p, _ in groups}):
+        by_seed = [{r["seed"]: r for r in groups.get((problem, m), []) if "final_parameters" in r} for m in methods]
+        seeds = sorted(set.intersection(*(set(s) for s in by_seed)))
+        if seeds:
+            rows.append((problem, seeds[0], [runs[seeds[0]] for runs in by_seed]))
+    if not rows:
+        return None
+    fig = Figure(figsize=(4.2 * len(methods), 3.4 * len(rows)), layout="constrained")
+    axes = fig.subplots(len(rows), len(methods), squeeze=False)
+    for ax_row, (problem, seed, records) in zip(axes, rows):
+        pde = get_problem(problem)
+        grid = pde.evaluation_grid(*shape).double()
+        exact = pde.exact_solution(grid).reshape(shape).numpy()
+        errors = []
+        for record in records:
+            with torch.no_grad():
+                errors.append(abs(final_network(record)(grid).reshape(shape).numpy() - exact))
+        positive = np.concatenate([e[e > 0] for e in errors])
+        norm = LogNorm(vmin=max(positive.min(), positive.max() * 1e-6), vmax=positive.max())
+        c0, c1 = (grid[:, i].reshape(shape).numpy() for i in (0, 1))
+        for ax, record, error in zip(ax_row, records, errors):
+            mesh = ax.pcolormesh(c0, c1, np.maximum(error, norm.vmin), shading="auto", cmap="magma", norm=norm)
+            ax.set_title(f"{problem}, {LABELS[record['method']]}, seed {seed}: rel. L2 {record['final_rel_l2']:.2g}",
+                         fontsize=9)
+            ax.set_xlabel(pde.input_names[0])
+            ax.set_ylabel(pde.input_names[1])
+        fig.colorbar(mesh, ax=list(ax_row), label="|error|")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("results"))
-    parser.add_argument("--figures", type=Path, default=None, help="write apts_d{2,4,8}.png here")
+    parser.add_argument("--figures", type=Path, default=None, help="write apts_d{2,4,8}.png and heatmaps.png here")
     args = parser.parse_args(argv)
     groups = load_results(args.results)
     if not groups:
@@ -123,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         for d in (2, 4, 8):
             if any(m == f"apts_d{d}" for _, m in groups):
                 plot_curves(groups, f"apts_d{d}", args.figures / f"apts_d{d}.png")
+        plot_heatmaps(groups, path=args.figures / "heatmaps.png")
 
 
 if __name__ == "__main__":

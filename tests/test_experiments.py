@@ -45,17 +45,24 @@ def test_bad_arguments():
 
 
 def test_report_tables_and_figures(tmp_path):
-    from pinn_apts.report import curve_band, load_results, main as report_main, summary_tables
+    from pinn_apts.report import curve_band, load_results, main as report_main, plot_heatmaps, summary_tables
 
     out = tmp_path / "results"
     for seed in (0, 1):
         run_one("heat", "adam", seed, 3, out, CONFIG_DIR, tmp_path / "logs")
     run_one("heat", "apts_d4", 0, 3, out, CONFIG_DIR, tmp_path / "logs")
+    run_one("heat", "lbfgs", 1, 3, out, CONFIG_DIR, tmp_path / "logs")
     groups = load_results(out)
-    assert sorted(groups) == [("heat", "adam"), ("heat", "apts_d4")]
+    assert sorted(groups) == [("heat", "adam"), ("heat", "apts_d4"), ("heat", "lbfgs")]
     table = summary_tables(groups)
     assert "| Adam | 2 |" in table and "| APTS D=4 | 1 |" in table and " ± " in table
     steps, mean, low, high = curve_band(groups["heat", "adam"], "error/rel_l2")
     assert list(steps) == [0, 1, 2] and (low <= mean).all() and (mean <= high).all()
+    # Figure 4 needs one seed that all of APTS D=4, Adam and L-BFGS ran: none yet
+    assert plot_heatmaps(groups) is None
+    run_one("heat", "lbfgs", 0, 3, out, CONFIG_DIR, tmp_path / "logs")
+    fig = plot_heatmaps(load_results(out))
+    assert len(fig.axes) == 4 and "seed 0" in fig.axes[0].get_title()  # three panels and a colorbar
     report_main(["--results", str(out), "--figures", str(tmp_path / "fig")])
     assert (tmp_path / "fig" / "apts_d4.png").stat().st_size > 10_000
+    assert (tmp_path / "fig" / "heatmaps.png").stat().st_size > 10_000

@@ -24,13 +24,13 @@ def outputs(nb: nbformat.NotebookNode) -> list[dict]:
 
 
 def test_notebook_draws_tables_and_figures(tmp_path):
-    for method in ("apts_d4", "adam"):
+    for method in ("apts_d4", "adam", "lbfgs"):
         run_one("heat", method, 0, 3, tmp_path / "results", CONFIG_DIR, tmp_path / "logs")
     (tmp_path / "notebooks").mkdir()
     nb = execute(tmp_path / "notebooks")
     text = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/markdown", "")) for o in outputs(nb))
-    assert "2 runs in" in text and "| APTS D=4 | 1 |" in text and "| Adam | 1 |" in text
-    assert any("image/png" in o.get("data", {}) for o in outputs(nb))
+    assert "3 runs in" in text and "| APTS D=4 | 1 |" in text and "| Adam | 1 |" in text
+    assert sum("image/png" in o.get("data", {}) for o in outputs(nb)) == 2  # Figure 1-3 for D=4, Figure 4
 
 
 def test_notebook_runs_on_the_committed_results():
