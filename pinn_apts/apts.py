@@ -49,7 +49,7 @@ from .optim import trust_region_step
 from .replicas import LocalSolveResult, batched_local_solves, local_solves
 from .trust_region import StopReason, TrustRegionConfig, reduction_ratio, update_radius
 
-__all__ = ["APTS", "APTSConfig", "APTSStepInfo"]
+__all__ = ["APTS", "APTSConfig", "APTSStepInfo", "resolve_replicas"]
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,8 @@ class APTSConfig:
         Retry a rejected local step with the smaller radius instead of counting it as one of ``J``.
     replicas:
         ``"sequential"``: the replicas one after another on the model's parameters;
-        ``"batched"``: all as one batched computation (needs ``batched_local_loss``).
+        ``"batched"``: all as one batched computation (needs ``batched_local_loss``);
+        ``"auto"``: whichever :func:`resolve_replicas` picks for the device, where it was faster.
     stage1_radius:
         How Stage I moves ``Delta`` (see :func:`stage1_radius_update`): ``"ratio"``,
         ``"decrease"`` or ``"keep"``.
@@ -78,7 +79,7 @@ class APTSConfig:
     local_steps: int = 3
     combine: Literal["average", "sum"] = "average"
     local_retry: bool = False
-    replicas: Literal["sequential", "batched"] = "sequential"
+    replicas: Literal["sequential", "batched", "auto"] = "sequential"
     stage1_radius: Literal["ratio", "decrease", "keep"] = "ratio"
 
     def __post_init__(self) -> None:
@@ -88,8 +89,8 @@ class APTSConfig:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if self.combine not in ("average", "sum"):
             raise ValueError(f"combine must be 'average' or 'sum', got {self.combine!r}")
-        if self.replicas not in ("sequential", "batched"):
-            raise ValueError(f"replicas must be 'sequential' or 'batched', got {self.replicas!r}")
+        if self.replicas not in ("sequential", "batched", "auto"):
+            raise ValueError(f"replicas must be 'sequential', 'batched' or 'auto', got {self.replicas!r}")
         if self.stage1_radius not in ("ratio", "decrease", "keep"):
             raise ValueError(f"stage1_radius must be 'ratio', 'decrease' or 'keep', got {self.stage1_radius!r}")
         if self.replicas == "batched" and self.local_retry:
@@ -221,23 +222,28 @@ class APTS(torch.optim.Optimizer):
         ``batched_local_loss(stacked)``, needed with ``replicas="batched"``, maps the parameters
         stacked as ``(D, *p.shape)`` to the ``D`` local losses.
         """
-        local = local_loss if self.apts_config.replicas == "sequential" else batched_local_loss
+        params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
+        apts, comm = self.apts_config, self.communicator
+        owned = len(replicas_of_rank(apts.num_subdomains, comm.rank, comm.world_size))
+        mode = resolve_replicas(apts.replicas, params[0].device, owned, apts.local_retry)
+        if mode == "batched" and batched_local_loss is None and apts.replicas == "auto":
+            mode = "sequential"  # "auto" can only batch what it is given a batched loss for
+        local = local_loss if mode == "sequential" else batched_local_loss
         if closure is None or local is None:
             raise ValueError(
-                "APTS.step needs closure() (the full loss) and, for replicas="
-                f"{self.apts_config.replicas!r}, " + ("local_loss(d)" if local_loss is None else "batched_local_loss(stacked)")
+                f"APTS.step needs closure() (the full loss) and, for replicas={apts.replicas!r}, "
+                + ("local_loss(d)" if mode == "sequential" else "batched_local_loss(stacked)")
             )
-        params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
         start = parameters_to_vector(params).detach().clone()
         try:
-            return self._outer_iteration(params, start, closure, local)
+            return self._outer_iteration(params, start, closure, local, mode)
         except FloatingPointError:
             with torch.no_grad():  # never leave a half-done iteration behind
                 vector_to_parameters(start, params)
             raise
 
     def _outer_iteration(self, params: list[Tensor], start: Tensor, closure: Callable[[], Tensor],
-                         local: Callable) -> Tensor:
+                         local: Callable, mode: str) -> Tensor:
         tr, apts = self.trust_region_config, self.apts_config
         record = self.state["apts"]
         radius = record["radius"]
@@ -253,7 +259,7 @@ class APTS(torch.optim.Optimizer):
         loss_value = float(total(loss.detach()))
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
-        if apts.replicas == "batched":
+        if mode == "batched":
             solved = batched_local_solves(params, local, radius, tr, replicas, apts.local_steps)
         else:
             solved = local_solves(params, local, replicas, radius, tr, apts.local_steps, apts.local_retry)
@@ -306,6 +312,20 @@ class APTS(torch.optim.Optimizer):
         record["stage2_floor_hits"] += int(not global_step.accepted)
         record["last"] = asdict(info)
         return torch.tensor(loss_value)
+
+
+def resolve_replicas(mode: str, device: torch.device, owned: int, local_retry: bool = False) -> str:
+    """``"sequential"`` or ``"batched"``: ``mode`` itself, or for ``"auto"`` the faster one measured.
+
+    ``benchmarks/parallel.py`` (tables in ``benchmarks/results/``): on an H200 the batched
+    replicas cut Stage I by 1.5x (D = 2, 4) to 7.5x (D = 8) and cost 1.5x more with one replica;
+    on a CPU they were no faster (0.97-1.18x, noise of tens of percent). So ``"auto"`` batches
+    on a CUDA device when this rank owns two replicas or more, and runs them one after another
+    otherwise (and always with ``local_retry``, which only the sequential replicas support).
+    """
+    if mode != "auto":
+        return mode
+    return "batched" if device.type == "cuda" and owned >= 2 and not local_retry else "sequential"
 
 
 def stage1_radius_update(

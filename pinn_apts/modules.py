@@ -424,8 +424,10 @@ class APTSPINN(PINNModule):
     local_retry:
         Retry a rejected local step at once with the smaller radius.
     replicas:
-        ``"sequential"`` (one replica after the other) or ``"batched"`` (all replicas as one
-        stacked computation; same iterates up to rounding).
+        ``"sequential"`` (one replica after the other), ``"batched"`` (all replicas as one
+        stacked computation; same iterates up to rounding) or ``"auto"`` (default: batched on a
+        GPU when a process owns two replicas or more, where it measured faster; sequential on
+        CPU, where it did not; see :func:`~pinn_apts.apts.resolve_replicas`).
     stage1_radius:
         How Stage I updates the radius: ``"ratio"`` (default; ratio of the actual decrease to the
         averaged local predicted decreases), ``"decrease"`` (shrink only when Stage I is
@@ -451,7 +453,7 @@ class APTSPINN(PINNModule):
         damping: float = 1e-3,
         combine: Literal["average", "sum"] = "average",
         local_retry: bool = False,
-        replicas: Literal["sequential", "batched"] = "sequential",
+        replicas: Literal["sequential", "batched", "auto"] = "auto",
         stage1_radius: Literal["ratio", "decrease", "keep"] = "ratio",
         **kwargs,
     ) -> None:

@@ -189,7 +189,7 @@ def test_batched_replicas_equal_sequential(problem, num_parts):
     from pinn_apts.loss import stacked_pinn_loss
 
     runs = {}
-    for replicas in ("sequential", "batched"):
+    for replicas in ("sequential", "batched", "auto"):
         torch.set_default_dtype(torch.float64)
         prob = get_problem(problem)
         sampler = CollocationSampler(prob, total_iterations=20, curriculum=SMALL, seed=1)
@@ -207,6 +207,7 @@ def test_batched_replicas_equal_sequential(problem, num_parts):
             infos.append(opt.last_step)
         runs[replicas] = (torch.nn.utils.parameters_to_vector(net.parameters()).detach(), infos)
     (theta_s, infos_s), (theta_b, infos_b) = runs["sequential"], runs["batched"]
+    assert torch.equal(runs["auto"][0], theta_s)  # on a CPU "auto" runs the replicas one after another
     assert (theta_s - theta_b).abs().max() <= 1e-10
     for a, b in zip(infos_s, infos_b):
         assert a.stage1_accepted == b.stage1_accepted and a.local_accepted == b.local_accepted
@@ -217,8 +218,20 @@ def test_batched_replicas_equal_sequential(problem, num_parts):
 def test_batched_replicas_reject_local_retry():
     with pytest.raises(ValueError, match="local_retry must be False with replicas='batched'"):
         APTS([torch.zeros(2, requires_grad=True)], replicas="batched", local_retry=True)
-    with pytest.raises(ValueError, match="replicas must be 'sequential' or 'batched'"):
+    with pytest.raises(ValueError, match="replicas must be 'sequential', 'batched' or 'auto'"):
         APTSPINN(problem="heat", replicas="vmap")
+
+
+def test_auto_replicas_batch_on_a_gpu_with_two_replicas_or_more():
+    from pinn_apts.apts import resolve_replicas
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resolve_replicas("auto", gpu, 4) == "batched"
+    assert resolve_replicas("auto", gpu, 1) == "sequential"  # one replica: batching only costs
+    assert resolve_replicas("auto", gpu, 4, local_retry=True) == "sequential"
+    assert resolve_replicas("auto", cpu, 8) == "sequential"
+    assert resolve_replicas("batched", cpu, 1) == "batched" and resolve_replicas("sequential", gpu, 8) == "sequential"
+    assert APTSPINN(problem="heat").optimizer_kwargs["replicas"] == "auto"
 
 
 def test_stage1_radius_rules():
