@@ -19,12 +19,27 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["curve_band", "load_results", "plot_curves", "plot_heatmaps", "summary_tables"]
+__all__ = [
+    "PAPER_ACCEPTANCE", "acceptance_table", "curve_band", "load_results", "plot_curves", "plot_heatmaps",
+    "render_document", "resampling_peaks", "resampling_table", "summary_tables", "update_document",
+]
 
 LABELS = {
     "apts_d2": "APTS D=2", "apts_d4": "APTS D=4", "apts_d8": "APTS D=8", "adam": "Adam",
     "lbfgs": "L-BFGS", "lbfgs_wolfe": "L-BFGS (strong Wolfe, ours)", "tr": "TR",
 }
+
+
+#: the paper's reported Stage I (preconditioner) acceptance rates, by D and PDE
+PAPER_ACCEPTANCE = {
+    2: {"heat": 0.6993, "burgers": 0.7780, "laplace": 0.8795},
+    4: {"heat": 0.4322, "burgers": 0.8857, "laplace": 0.6185},
+    8: {"heat": 0.3057, "burgers": 0.8112, "laplace": 0.4507},
+}
+#: the paper's mean number of Stage II tries per outer iteration
+PAPER_STAGE2_TRIES = 1.01
+#: where :func:`update_document` writes the generated tables in a Markdown file
+BEGIN, END = "<!-- report:begin (python -m pinn_apts.report --update docs/RESULTS.md) -->", "<!-- report:end -->"
 
 
 def load_results(folder: Path) -> dict[tuple[str, str], list[dict]]:
@@ -38,13 +53,13 @@ def load_results(folder: Path) -> dict[tuple[str, str], list[dict]]:
     return dict(groups)
 
 
-def _mean_std(values: list[float | None]) -> str:
-    values = [v for v in values if v is not None]
+def _mean_std(values: list[float | None], fmt: str = ".3g") -> str:
+    values = [v for v in values if v is not None and v == v]  # None and NaN: not available
     if not values:
         return "—"
     if len(values) == 1:
-        return f"{values[0]:.3g}"
-    return f"{statistics.fmean(values):.3g} ± {statistics.stdev(values):.2g}"
+        return f"{values[0]:{fmt}}"
+    return f"{statistics.fmean(values):{fmt}} ± {statistics.stdev(values):.2g}"
 
 
 def summary_tables(groups: dict[tuple[str, str], list[dict]]) -> str:
@@ -63,11 +78,85 @@ def summary_tables(groups: dict[tuple[str, str], list[dict]]) -> str:
                 f"| {LABELS[method]} | {len(records)} | {_mean_std([r['final_rel_l2'] for r in records])} "
                 f"| {_mean_std([r['final_rmse'] for r in records])} | {_mean_std(final_loss)} "
                 f"| {_mean_std([r.get('stage1_acceptance_rate') for r in records])} "
-                f"| {_mean_std([r.get('mean_stage2_tries') for r in records])} "
+                f"| {_mean_std([r.get('mean_stage2_tries') for r in records], '.3f')} "
                 f"| {_mean_std([r['seconds_per_iteration'] for r in records])} |"
             )
         lines.append("")
     return "\n".join(lines)
+
+
+def acceptance_table(groups: dict[tuple[str, str], list[dict]]) -> str:
+    """Stage I acceptance and Stage II tries (mean ± std over seeds) beside the paper's, by D and PDE."""
+    lines = [
+        "| D | PDE | seeds | Stage I acceptance (ours) | paper | Stage II tries (ours) | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d, by_problem in PAPER_ACCEPTANCE.items():
+        for problem, paper in by_problem.items():
+            records = groups.get((problem, f"apts_d{d}"), [])
+            lines.append(
+                f"| {d} | {problem} | {len(records)} | {_mean_std([r.get('stage1_acceptance_rate') for r in records], '.4f')} "
+                f"| {paper:.4f} | {_mean_std([r.get('mean_stage2_tries') for r in records], '.3f')} | {PAPER_STAGE2_TRIES} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def resampling_peaks(record: dict, key: str, period: int = 10, window: int = 5, offset: int = 0) -> float:
+    """Median over resampling events of the peak of a curve just after the event, relative to before.
+
+    For each outer iteration ``k > 0`` with ``k % period == offset`` (``offset = 0``: the
+    iterations that start on freshly resampled points), the ratio ``max(c[k:k+window]) / c[k-1]``;
+    its median over the run. Above 1: the curve jumps after resampling; ``offset = period // 2``
+    gives the same statistic at iterations without resampling, as a control.
+    """
+    curve = dict(record["curves"].get(key, []))
+    ratios = []
+    for k in sorted(curve):
+        if k > 0 and k % period == offset and k - 1 in curve and curve[k - 1] > 0:
+            after = [curve[j] for j in range(k, k + window) if j in curve]
+            ratios.append(max(after) / curve[k - 1])
+    return float(np.median(ratios)) if ratios else float("nan")
+
+
+def resampling_table(groups: dict[tuple[str, str], list[dict]], period: int = 10) -> str:
+    """How much loss and error jump after resampling (median peak ratio, mean over seeds), per PDE and method."""
+    lines = [
+        "| PDE | method | seeds | loss peak after resampling | without resampling | error peak after resampling "
+        "| without resampling |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for problem in sorted({p for p, _ in groups}):
+        for method in LABELS:
+            records = groups.get((problem, method))
+            if not records:
+                continue
+            cells = [
+                _mean_std([resampling_peaks(r, key, period, offset=offset) for r in records], ".3g")
+                for key in ("loss/total", "error/rel_l2") for offset in (0, period // 2)
+            ]
+            lines.append(f"| {problem} | {LABELS[method]} | {len(records)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def render_document(text: str, groups: dict[tuple[str, str], list[dict]]) -> str:
+    """``text`` with what lies between the report markers replaced by the current tables."""
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"no report markers: put the lines {BEGIN!r} and {END!r} where the tables go")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    runs = sum(len(v) for v in groups.values())
+    body = (f"\n\n_Generated from {runs} results files in `results/`._\n\n"
+            f"#### Final errors, loss, acceptance, timing (mean ± std over seeds)\n\n{summary_tables(groups)}\n"
+            f"#### Stage I acceptance and Stage II tries beside the paper's\n\n{acceptance_table(groups)}\n"
+            f"#### Jumps after resampling (every 10 outer iterations)\n\n"
+            f"Median over resampling events of max(c[k..k+4]) / c[k-1] for the loss and the relative L2 error; "
+            f"the columns *without resampling* take the same statistic at k = 5 mod 10.\n\n{resampling_table(groups)}\n")
+    return head + BEGIN + body + END + tail
+
+
+def update_document(path: Path, groups: dict[tuple[str, str], list[dict]]) -> None:
+    """Rewrite the tables between the report markers of a Markdown file (see :func:`render_document`)."""
+    Path(path).write_text(render_document(Path(path).read_text(), groups))
 
 
 def curve_band(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -163,12 +252,18 @@ def plot_heatmaps(groups: dict[tuple[str, str], list[dict]], methods: tuple[str,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--update", type=Path, default=None,
+                        help="rewrite the tables between the report markers of this Markdown file")
     parser.add_argument("--figures", type=Path, default=None, help="write apts_d{2,4,8}.png and heatmaps.png here")
     args = parser.parse_args(argv)
     groups = load_results(args.results)
     if not groups:
         raise SystemExit(f"no results files in {args.results}")
     print(summary_tables(groups))
+    print(acceptance_table(groups))
+    print(resampling_table(groups))
+    if args.update is not None:
+        update_document(args.update, groups)
     if args.figures is not None:
         for d in (2, 4, 8):
             if any(m == f"apts_d{d}" for _, m in groups):

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -66,3 +67,51 @@ def test_report_tables_and_figures(tmp_path):
     report_main(["--results", str(out), "--figures", str(tmp_path / "fig")])
     assert (tmp_path / "fig" / "apts_d4.png").stat().st_size > 10_000
     assert (tmp_path / "fig" / "heatmaps.png").stat().st_size > 10_000
+
+
+def test_paper_tables_and_document_markers(tmp_path):
+    from pinn_apts.report import BEGIN, END, acceptance_table, load_results, render_document, update_document
+
+    out = tmp_path / "results"
+    run_one("laplace", "apts_d2", 0, 2, out, CONFIG_DIR, tmp_path / "logs")
+    groups = load_results(out)
+    rate = groups["laplace", "apts_d2"][0]["stage1_acceptance_rate"]
+    table = acceptance_table(groups)
+    assert f"| 2 | laplace | 1 | {rate:.4f} | 0.8795 |" in table and "| 8 | heat | 0 | — | 0.3057 |" in table
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"# Title\n\n{BEGIN}\nstale\n{END}\n\nafter\n")
+    update_document(doc, groups)
+    text = doc.read_text()
+    assert "stale" not in text and text.startswith("# Title") and text.endswith("after\n") and table in text
+    assert render_document(text, groups) == text  # a second pass changes nothing
+    with pytest.raises(ValueError, match="no report markers"):
+        render_document("# nothing here\n", groups)
+
+
+def test_results_document_matches_the_committed_results():
+    """docs/RESULTS.md shows the tables of the results files committed beside it."""
+    from pathlib import Path
+
+    from pinn_apts.report import load_results, render_document
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "docs" / "RESULTS.md").read_text()
+    assert render_document(text, load_results(root / "results")) == text, (
+        "docs/RESULTS.md is stale: run python -m pinn_apts.report --update docs/RESULTS.md"
+    )
+
+
+def test_resampling_peaks_on_a_synthetic_curve():
+    from pinn_apts.report import resampling_peaks
+
+    # decays 1% per iteration and jumps x3 at every 10th
+    values, value = [], 1.0
+    for k in range(60):
+        value *= 3.0 if k % 10 == 0 and k > 0 else 0.99
+        values.append((k, value))
+    record = {"curves": {"loss/total": values}}
+    assert resampling_peaks(record, "loss/total") == pytest.approx(3.0)
+    assert resampling_peaks(record, "loss/total", offset=5) == pytest.approx(0.99)
+    smooth = {"curves": {"loss/total": [(k, 0.99**k) for k in range(60)]}}
+    assert resampling_peaks(smooth, "loss/total") == pytest.approx(0.99)
+    assert np.isnan(resampling_peaks(record, "error/rel_l2"))
