@@ -53,6 +53,10 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PINNCLI:
     # A checkpoint after outer iteration k holds theta_{k+1} with global_step k+1: exactly the
     # state a resumed run needs, so Lightning's manual-optimization caveat does not apply.
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved.*")
+    if args is not None:
+        # args given from Python (the experiment runner, tests) are the whole command line: the
+        # caller's own sys.argv is not meant for the CLI, so Lightning's warning about both is noise
+        warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
     default = str(CONFIG_DIR / "default.yaml")
     return PINNCLI(
         PINNModule,
