@@ -17,12 +17,15 @@ Choices where the paper leaves room (documented here, in the README, and paramet
 researcher would vary them):
 
 - *Stage I radius.*  The paper updates ``Delta`` after Stage I "using trust-region
-  heuristics".  We form the ratio ``rho_I = (L(theta_k) - L(theta_k + s_bar)) / pred_I`` with
-  ``pred_I`` the combined (averaged or summed, like the steps) predicted reductions of the
-  accepted local steps: the decrease the local quadratic models promised, which costs no
-  extra derivative.  ``Delta`` then follows :func:`~pinn_apts.trust_region.update_radius`
-  (shrink if ``rho_I < eta1``; grow if ``rho_I >= eta2`` and some local step was stopped by its
-  radius).  Acceptance itself is the paper's plain decrease test.
+  heuristics" without saying which.  Three rules are here (:func:`stage1_radius_update`):
+  ``"keep"`` (default) leaves ``Delta`` to Stage II's ratio test; ``"decrease"`` shrinks it when
+  the Stage I step is rejected; ``"ratio"`` forms ``rho_I = (L(theta_k) - L(theta_k + s_bar)) /
+  pred_I`` with ``pred_I`` the combined predicted reductions of the accepted local steps and
+  follows :func:`~pinn_apts.trust_region.update_radius`.  On 500-iteration runs (D = 4, seeds
+  1 and 2, ``benchmarks/stage1_radius.py``) ``"keep"`` gave the lowest error on Burgers and
+  Laplace and tied on Heat: the Stage I test often fails while its direction still helps, and
+  the other rules then shrink the radius that Stage II needs (docs/RESULTS.md).  Acceptance
+  itself is the paper's plain decrease test.
 - *Local steps.*  Each local step has its own ratio test on ``L_k^d``: a rejected local step
   leaves the replica where it is and halves the local radius (which may grow back, at most
   to ``Delta_k / J``).  With ``local_retry`` a rejected local step is retried at once with the
@@ -71,8 +74,8 @@ class APTSConfig:
         ``"batched"``: all as one batched computation (needs ``batched_local_loss``);
         ``"auto"``: whichever :func:`resolve_replicas` picks for the device, where it was faster.
     stage1_radius:
-        How Stage I moves ``Delta`` (see :func:`stage1_radius_update`): ``"ratio"``,
-        ``"decrease"`` or ``"keep"``.
+        How Stage I moves ``Delta`` (see :func:`stage1_radius_update`): ``"keep"`` (default),
+        ``"decrease"`` or ``"ratio"``.
     """
 
     num_subdomains: int = 4
@@ -80,7 +83,7 @@ class APTSConfig:
     combine: Literal["average", "sum"] = "average"
     local_retry: bool = False
     replicas: Literal["sequential", "batched", "auto"] = "sequential"
-    stage1_radius: Literal["ratio", "decrease", "keep"] = "ratio"
+    stage1_radius: Literal["ratio", "decrease", "keep"] = "keep"
 
     def __post_init__(self) -> None:
         for name in ("num_subdomains", "local_steps"):
@@ -167,7 +170,7 @@ class APTS(torch.optim.Optimizer):
         combine: Literal["average", "sum"] = "average",
         local_retry: bool = False,
         replicas: Literal["sequential", "batched"] = "sequential",
-        stage1_radius: Literal["ratio", "decrease", "keep"] = "ratio",
+        stage1_radius: Literal["ratio", "decrease", "keep"] = "keep",
         communicator: Communicator | None = None,
     ) -> None:
         tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping)
@@ -333,12 +336,12 @@ def stage1_radius_update(
 ) -> float:
     """``Delta_{k+1/2}`` after Stage I, by one of three rules.
 
+    - ``"keep"`` (default): Stage I leaves the radius to Stage II.
     - ``"ratio"``: :func:`~pinn_apts.trust_region.update_radius` with ``rho_I``, the actual
       decrease of the full loss over the combined predicted decreases of the accepted local
       steps (shrink if ``rho_I < eta1``, grow if ``rho_I >= eta2`` and a local step hit its
       boundary), whatever the plain acceptance test said.
     - ``"decrease"``: follow the acceptance test: shrink on rejection, keep on acceptance.
-    - ``"keep"``: Stage I leaves the radius to Stage II.
     """
     if rule == "ratio":
         return update_radius(radius, rho, hit_boundary, config)[1]

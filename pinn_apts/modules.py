@@ -429,9 +429,10 @@ class APTSPINN(PINNModule):
         GPU when a process owns two replicas or more, where it measured faster; sequential on
         CPU, where it did not; see :func:`~pinn_apts.apts.resolve_replicas`).
     stage1_radius:
-        How Stage I updates the radius: ``"ratio"`` (default; ratio of the actual decrease to the
-        averaged local predicted decreases), ``"decrease"`` (shrink only when Stage I is
-        rejected) or ``"keep"`` (leave it to Stage II); see :func:`~pinn_apts.apts.stage1_radius_update`.
+        How Stage I updates the radius: ``"keep"`` (default: leave it to Stage II; the lowest
+        error in our short-run study), ``"decrease"`` (shrink only when Stage I is rejected) or
+        ``"ratio"`` (ratio of the actual decrease to the averaged local predicted decreases);
+        see :func:`~pinn_apts.apts.stage1_radius_update`.
     **kwargs:
         Passed to :class:`PINNModule`.
     """
@@ -454,7 +455,7 @@ class APTSPINN(PINNModule):
         combine: Literal["average", "sum"] = "average",
         local_retry: bool = False,
         replicas: Literal["sequential", "batched", "auto"] = "auto",
-        stage1_radius: Literal["ratio", "decrease", "keep"] = "ratio",
+        stage1_radius: Literal["ratio", "decrease", "keep"] = "keep",
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
