@@ -67,15 +67,18 @@ def summary_tables(groups: dict[tuple[str, str], list[dict]]) -> str:
     lines = []
     for problem in sorted({p for p, _ in groups}):
         lines += [f"### {problem}", "",
-                  "| method | seeds | rel. L2 | RMSE | final loss | Stage I acceptance | Stage II tries | s / iteration |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| method | seeds | rel. L2 | rel. L2 by seed | RMSE | final loss | Stage I acceptance "
+                  "| Stage II tries | s / iteration |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for method in LABELS:
             records = groups.get((problem, method))
             if not records:
                 continue
             final_loss = [r["curves"]["loss/total"][-1][1] for r in records if r["curves"].get("loss/total")]
+            by_seed = ", ".join(f"{r['final_rel_l2']:.2g} (s{r['seed']})" for r in records)
             lines.append(
                 f"| {LABELS[method]} | {len(records)} | {_mean_std([r['final_rel_l2'] for r in records])} "
+                f"| {by_seed} "
                 f"| {_mean_std([r['final_rmse'] for r in records])} | {_mean_std(final_loss)} "
                 f"| {_mean_std([r.get('stage1_acceptance_rate') for r in records])} "
                 f"| {_mean_std([r.get('mean_stage2_tries') for r in records], '.3f')} "
