@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "PAPER_ACCEPTANCE", "acceptance_table", "curve_band", "load_results", "plot_curves", "plot_heatmaps",
-    "render_document", "resampling_peaks", "resampling_table", "summary_tables", "update_document",
+    "milestone_table", "render_document", "resampling_peaks", "resampling_table", "summary_tables", "update_document",
 ]
 
 LABELS = {
@@ -141,6 +142,25 @@ def resampling_table(groups: dict[tuple[str, str], list[dict]], period: int = 10
     return "\n".join(lines) + "\n"
 
 
+def milestone_table(groups: dict[tuple[str, str], list[dict]], key: str = "error/rel_l2",
+                    steps: tuple[int, ...] = (100, 500, 1000, 1999)) -> str:
+    """A curve's geometric mean over seeds at a few outer iterations, per PDE and method."""
+    lines = ["| PDE | method | seeds | " + " | ".join(f"k = {k}" for k in steps) + " |",
+             "|---|---|---|" + "---|" * len(steps)]
+    for problem in sorted({p for p, _ in groups}):
+        for method in LABELS:
+            records = groups.get((problem, method))
+            if not records:
+                continue
+            cells = []
+            for k in steps:
+                values = [dict(r["curves"].get(key, [])).get(k) for r in records]
+                values = [v for v in values if v is not None and v > 0]
+                cells.append(f"{math.exp(statistics.fmean(math.log(v) for v in values)):.3g}" if values else "—")
+            lines.append(f"| {problem} | {LABELS[method]} | {len(records)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def render_document(text: str, groups: dict[tuple[str, str], list[dict]]) -> str:
     """``text`` with what lies between the report markers replaced by the current tables."""
     if BEGIN not in text or END not in text:
@@ -151,6 +171,8 @@ def render_document(text: str, groups: dict[tuple[str, str], list[dict]]) -> str
     body = (f"\n\n_Generated from {runs} results files in `results/`._\n\n"
             f"#### Final errors, loss, acceptance, timing (mean ± std over seeds)\n\n{summary_tables(groups)}\n"
             f"#### Stage I acceptance and Stage II tries beside the paper's\n\n{acceptance_table(groups)}\n"
+            f"#### Relative L2 error and loss along the run (geometric mean over seeds)\n\n"
+            f"{milestone_table(groups)}\n{milestone_table(groups, 'loss/total')}\n"
             f"#### Jumps after resampling (every 10 outer iterations)\n\n"
             f"Median over resampling events of max(c[k..k+4]) / c[k-1] for the loss and the relative L2 error; "
             f"the columns *without resampling* take the same statistic at k = 5 mod 10.\n\n{resampling_table(groups)}\n")
@@ -264,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"no results files in {args.results}")
     print(summary_tables(groups))
     print(acceptance_table(groups))
+    print(milestone_table(groups))
+    print(milestone_table(groups, "loss/total"))
     print(resampling_table(groups))
     if args.update is not None:
         update_document(args.update, groups)

@@ -115,3 +115,11 @@ def test_resampling_peaks_on_a_synthetic_curve():
     smooth = {"curves": {"loss/total": [(k, 0.99**k) for k in range(60)]}}
     assert resampling_peaks(smooth, "loss/total") == pytest.approx(0.99)
     assert np.isnan(resampling_peaks(record, "error/rel_l2"))
+
+
+def test_milestone_table_takes_the_geometric_mean_over_seeds():
+    from pinn_apts.report import milestone_table
+
+    records = [{"seed": s, "curves": {"error/rel_l2": [(0, v), (5, v / 10)]}} for s, v in ((0, 1e-2), (1, 1e-4))]
+    table = milestone_table({("heat", "adam"): records}, steps=(0, 5, 9))
+    assert "| heat | Adam | 2 | 0.001 | 0.0001 | — |" in table
