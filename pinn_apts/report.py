@@ -248,7 +248,7 @@ def plot_heatmaps(groups: dict[tuple[str, str], list[dict]], methods: tuple[str,
             rows.append((problem, seeds[0], [runs[seeds[0]] for runs in by_seed]))
     if not rows:
         return None
-    fig = Figure(figsize=(4.2 * len(methods), 3.4 * len(rows)), layout="constrained")
+    fig = Figure(figsize=(4.6 * len(methods), 3.4 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), len(methods), squeeze=False)
     for ax_row, (problem, seed, records) in zip(axes, rows):
         pde = get_problem(problem)
@@ -258,16 +258,17 @@ def plot_heatmaps(groups: dict[tuple[str, str], list[dict]], methods: tuple[str,
         for record in records:
             with torch.no_grad():
                 errors.append(abs(final_network(record)(grid).reshape(shape).numpy() - exact))
-        positive = np.concatenate([e[e > 0] for e in errors])
-        norm = LogNorm(vmin=max(positive.min(), positive.max() * 1e-6), vmax=positive.max())
         c0, c1 = (grid[:, i].reshape(shape).numpy() for i in (0, 1))
         for ax, record, error in zip(ax_row, records, errors):
+            # one log scale per panel: a diverged run (errors of 1e8) would black out the others
+            top = float(error.max()) if error.max() > 0 else 1.0
+            norm = LogNorm(vmin=top * 1e-4, vmax=top)
             mesh = ax.pcolormesh(c0, c1, np.maximum(error, norm.vmin), shading="auto", cmap="magma", norm=norm)
+            fig.colorbar(mesh, ax=ax, label="|error|")
             ax.set_title(f"{problem}, {LABELS[record['method']]}, seed {seed}: rel. L2 {record['final_rel_l2']:.2g}",
                          fontsize=9)
             ax.set_xlabel(pde.input_names[0])
             ax.set_ylabel(pde.input_names[1])
-        fig.colorbar(mesh, ax=list(ax_row), label="|error|")
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)

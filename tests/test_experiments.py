@@ -63,7 +63,7 @@ def test_report_tables_and_figures(tmp_path):
     assert plot_heatmaps(groups) is None
     run_one("heat", "lbfgs", 0, 3, out, CONFIG_DIR, tmp_path / "logs")
     fig = plot_heatmaps(load_results(out))
-    assert len(fig.axes) == 4 and "seed 0" in fig.axes[0].get_title()  # three panels and a colorbar
+    assert len(fig.axes) == 6 and "seed 0" in fig.axes[0].get_title()  # three panels, a colorbar each
     report_main(["--results", str(out), "--figures", str(tmp_path / "fig")])
     assert (tmp_path / "fig" / "apts_d4.png").stat().st_size > 10_000
     assert (tmp_path / "fig" / "heatmaps.png").stat().st_size > 10_000
