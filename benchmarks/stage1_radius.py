@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from collections import defaultdict
 
@@ -24,13 +25,14 @@ import torch
 from pinn_apts.cli import CONFIG_DIR, cli_main
 
 
-def run(problem: str, seed: int, rule: str, iterations: int, subdomains: int) -> dict:
+def run(problem: str, seed: int, rule: str, iterations: int, subdomains: int, root: str) -> dict:
     cli = cli_main(
         [
             "--config", str(CONFIG_DIR / f"{problem}_apts_d{subdomains}.yaml"), f"--seed_everything={seed}",
             f"--data.seed={seed}", f"--trainer.max_steps={iterations}", "--trainer.enable_progress_bar=false",
             "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false",
-            "--trainer.callbacks=null", "--trainer.logger=false", f"--model.init_args.stage1_radius={rule}",
+            "--trainer.callbacks=null", "--trainer.logger=false", f"--trainer.default_root_dir={root}",
+            f"--model.init_args.stage1_radius={rule}",
         ],
         run=False,
     )
@@ -62,7 +64,8 @@ def main() -> None:
     for problem in args.problems:
         for seed in args.seeds:
             for rule in args.rules:
-                record = run(problem, seed, rule, args.iterations, args.subdomains)
+                with tempfile.TemporaryDirectory() as root:  # the CLI's config.yaml goes there
+                    record = run(problem, seed, rule, args.iterations, args.subdomains, root)
                 print(json.dumps(record), flush=True)
                 if args.json:
                     with open(args.json, "a") as f:
