@@ -67,7 +67,7 @@ def summary_tables(groups: dict[tuple[str, str], list[dict]]) -> str:
     """One Markdown table per problem; the order of methods follows :data:`LABELS`."""
     lines = []
     for problem in sorted({p for p, _ in groups}):
-        lines += [f"### {problem}", "",
+        lines += [f"#### {problem}", "",
                   "| method | seeds | rel. L2 | rel. L2 by seed | RMSE | final loss | Stage I acceptance "
                   "| Stage II tries | s / iteration |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -169,11 +169,11 @@ def render_document(text: str, groups: dict[tuple[str, str], list[dict]]) -> str
     _, tail = rest.split(END, 1)
     runs = sum(len(v) for v in groups.values())
     body = (f"\n\n_Generated from {runs} results files in `results/`._\n\n"
-            f"#### Final errors, loss, acceptance, timing (mean ± std over seeds)\n\n{summary_tables(groups)}\n"
-            f"#### Stage I acceptance and Stage II tries beside the paper's\n\n{acceptance_table(groups)}\n"
-            f"#### Relative L2 error and loss along the run (geometric mean over seeds)\n\n"
+            f"### Final errors, loss, acceptance, timing (mean ± std over seeds)\n\n{summary_tables(groups)}\n"
+            f"### Stage I acceptance and Stage II tries beside the paper's\n\n{acceptance_table(groups)}\n"
+            f"### Relative L2 error and loss along the run (geometric mean over seeds)\n\n"
             f"{milestone_table(groups)}\n{milestone_table(groups, 'loss/total')}\n"
-            f"#### Jumps after resampling (every 10 outer iterations)\n\n"
+            f"### Jumps after resampling (every 10 outer iterations)\n\n"
             f"Median over resampling events of max(c[k..k+4]) / c[k-1] for the loss and the relative L2 error; "
             f"the columns *without resampling* take the same statistic at k = 5 mod 10.\n\n{resampling_table(groups)}\n")
     return head + BEGIN + body + END + tail
