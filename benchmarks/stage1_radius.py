@@ -23,17 +23,14 @@ from collections import defaultdict
 import torch
 
 from pinn_apts.cli import CONFIG_DIR, cli_main
+from pinn_apts.experiments import batch_run_args
 
 
 def run(problem: str, seed: int, rule: str, iterations: int, subdomains: int, root: str) -> dict:
+    config = CONFIG_DIR / f"{problem}_apts_d{subdomains}.yaml"
     cli = cli_main(
-        [
-            "--config", str(CONFIG_DIR / f"{problem}_apts_d{subdomains}.yaml"), f"--seed_everything={seed}",
-            f"--data.seed={seed}", f"--trainer.max_steps={iterations}", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false",
-            "--trainer.callbacks=null", "--trainer.logger=false", f"--trainer.default_root_dir={root}",
-            f"--model.init_args.stage1_radius={rule}",
-        ],
+        [*batch_run_args(config, seed, iterations, root), "--trainer.logger=false",
+         f"--model.init_args.stage1_radius={rule}"],
         run=False,
     )
     start = time.perf_counter()

@@ -169,7 +169,7 @@ class APTS(torch.optim.Optimizer):
         damping: float = 1e-3,
         combine: Literal["average", "sum"] = "average",
         local_retry: bool = False,
-        replicas: Literal["sequential", "batched"] = "sequential",
+        replicas: Literal["sequential", "batched", "auto"] = "sequential",
         stage1_radius: Literal["ratio", "decrease", "keep"] = "keep",
         communicator: Communicator | None = None,
     ) -> None:
@@ -227,10 +227,9 @@ class APTS(torch.optim.Optimizer):
         """
         params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
         apts, comm = self.apts_config, self.communicator
-        owned = len(replicas_of_rank(apts.num_subdomains, comm.rank, comm.world_size))
-        mode = resolve_replicas(apts.replicas, params[0].device, owned, apts.local_retry)
-        if mode == "batched" and batched_local_loss is None and apts.replicas == "auto":
-            mode = "sequential"  # "auto" can only batch what it is given a batched loss for
+        replicas = replicas_of_rank(apts.num_subdomains, comm.rank, comm.world_size)
+        mode = resolve_replicas(apts.replicas, params[0].device, len(replicas), apts.local_retry,
+                                can_batch=batched_local_loss is not None)
         local = local_loss if mode == "sequential" else batched_local_loss
         if closure is None or local is None:
             raise ValueError(
@@ -239,21 +238,20 @@ class APTS(torch.optim.Optimizer):
             )
         start = parameters_to_vector(params).detach().clone()
         try:
-            return self._outer_iteration(params, start, closure, local, mode)
+            return self._outer_iteration(params, start, closure, local, mode, replicas)
         except FloatingPointError:
             with torch.no_grad():  # never leave a half-done iteration behind
                 vector_to_parameters(start, params)
             raise
 
     def _outer_iteration(self, params: list[Tensor], start: Tensor, closure: Callable[[], Tensor],
-                         local: Callable, mode: str) -> Tensor:
+                         local: Callable, mode: str, replicas: range) -> Tensor:
         tr, apts = self.trust_region_config, self.apts_config
         record = self.state["apts"]
         radius = record["radius"]
         comm = self.communicator
         total = comm.all_reduce_sum
         reduce = total if comm.world_size > 1 else None
-        replicas = replicas_of_rank(apts.num_subdomains, comm.rank, comm.world_size)
 
         # ---- Stage I: additive preconditioning ----------------------------------------
         t0 = time.perf_counter()
@@ -317,18 +315,21 @@ class APTS(torch.optim.Optimizer):
         return torch.tensor(loss_value)
 
 
-def resolve_replicas(mode: str, device: torch.device, owned: int, local_retry: bool = False) -> str:
+def resolve_replicas(mode: str, device: torch.device, owned: int, local_retry: bool = False,
+                     can_batch: bool = True) -> str:
     """``"sequential"`` or ``"batched"``: ``mode`` itself, or for ``"auto"`` the faster one measured.
 
     ``benchmarks/parallel.py`` (tables in ``benchmarks/results/``): on an H200 the batched
     replicas cut Stage I by 1.5x (D = 2, 4) to 7.5x (D = 8) and cost 1.5x more with one replica;
     on a CPU they were no faster (0.97-1.18x, noise of tens of percent). So ``"auto"`` batches
     on a CUDA device when this rank owns two replicas or more, and runs them one after another
-    otherwise (and always with ``local_retry``, which only the sequential replicas support).
+    otherwise: always with ``local_retry``, which only the sequential replicas support, and when
+    the caller gives no batched loss (``can_batch=False``).
     """
     if mode != "auto":
         return mode
-    return "batched" if device.type == "cuda" and owned >= 2 and not local_retry else "sequential"
+    batch = device.type == "cuda" and owned >= 2 and not local_retry and can_batch
+    return "batched" if batch else "sequential"
 
 
 def stage1_radius_update(

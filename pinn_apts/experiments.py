@@ -5,8 +5,8 @@ addition), TR} x seeds x 2000 outer iterations, float64, from the configs in ``c
 Each run writes ``<out>/<problem>_<method>_s<seed>.json`` (curves of the loss, relative L2
 error, RMSE, and for APTS/TR the radius, Stage I acceptance and Stage II tries per outer
 iteration, plus the wall time and the final network's parameters, from which
-:func:`final_network` rebuilds it for the error heatmaps) and is skipped when that file exists, so the matrix can be
-completed over several sessions; ``--jobs 2`` runs two at a time (one thread each).
+:func:`final_network` rebuilds it for the error heatmaps) and is skipped when that file exists,
+so the matrix can be completed over several sessions; ``--jobs 2`` runs two at a time (one thread each).
 
     python -m pinn_apts.experiments --out results --jobs 2
     python -m pinn_apts.experiments --problems burgers --methods apts_d4 adam --seeds 0 --iterations 200
@@ -27,7 +27,7 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["METHODS", "PROBLEMS", "CurveLogger", "final_network", "run_one"]
+__all__ = ["METHODS", "PROBLEMS", "CurveLogger", "batch_run_args", "final_network", "run_one"]
 
 PROBLEMS = ("heat", "burgers", "laplace")
 METHODS = ("apts_d2", "apts_d4", "apts_d8", "adam", "lbfgs", "lbfgs_wolfe", "tr")
@@ -65,6 +65,17 @@ class CurveLogger(Logger):
                 self.curves[key].append((int(step if step is not None else -1), float(metrics[key])))
 
 
+def batch_run_args(config: Path | str, seed: int, iterations: int, root: Path | str) -> list[str]:
+    """CLI arguments of an unattended run: ``config`` with ``seed`` for ``iterations`` outer
+    iterations, no progress bar, model summary, checkpoints or callbacks, its folder ``root``."""
+    return [
+        "--config", str(config), f"--seed_everything={seed}", f"--data.seed={seed}",
+        f"--trainer.max_steps={iterations}", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false",
+        "--trainer.callbacks=null", f"--trainer.default_root_dir={root}",
+    ]
+
+
 def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, config_dir: Path,
             log_root: Path = Path("lightning_logs/experiments")) -> Path:
     """Train one cell of the matrix and write its results file (unless it exists).
@@ -82,15 +93,7 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     if not config.exists():
         raise ValueError(f"no config {config} for problem {problem!r} and method {method!r}")
     logger = CurveLogger()
-    cli = cli_main(
-        [
-            "--config", str(config), f"--seed_everything={seed}", f"--data.seed={seed}",
-            f"--trainer.max_steps={iterations}", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false",
-            "--trainer.callbacks=null", f"--trainer.default_root_dir={log_root / target.stem}",
-        ],
-        run=False,
-    )
+    cli = cli_main(batch_run_args(config, seed, iterations, log_root / target.stem), run=False)
     cli.trainer.loggers = [*cli.trainer.loggers, logger]  # TensorBoard as usual, and the curves
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)

@@ -54,6 +54,14 @@ def load_results(folder: Path) -> dict[tuple[str, str], list[dict]]:
     return dict(groups)
 
 
+def _rows(groups: dict[tuple[str, str], list[dict]], problem: str | None = None):
+    """``(problem, method, records)`` for every group run, problems sorted, methods in :data:`LABELS` order."""
+    for name in sorted({p for p, _ in groups}) if problem is None else [problem]:
+        for method in LABELS:
+            if groups.get((name, method)):
+                yield name, method, groups[name, method]
+
+
 def _mean_std(values: list[float | None], fmt: str = ".3g") -> str:
     values = [v for v in values if v is not None and v == v]  # None and NaN: not available
     if not values:
@@ -71,10 +79,7 @@ def summary_tables(groups: dict[tuple[str, str], list[dict]]) -> str:
                   "| method | seeds | rel. L2 | rel. L2 by seed | RMSE | final loss | Stage I acceptance "
                   "| Stage II tries | s / iteration |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        for method in LABELS:
-            records = groups.get((problem, method))
-            if not records:
-                continue
+        for _, method, records in _rows(groups, problem):
             final_loss = [r["curves"]["loss/total"][-1][1] for r in records if r["curves"].get("loss/total")]
             by_seed = ", ".join(f"{r['final_rel_l2']:.2g} (s{r['seed']})" for r in records)
             lines.append(
@@ -129,16 +134,12 @@ def resampling_table(groups: dict[tuple[str, str], list[dict]], period: int = 10
         "| without resampling |",
         "|---|---|---|---|---|---|---|",
     ]
-    for problem in sorted({p for p, _ in groups}):
-        for method in LABELS:
-            records = groups.get((problem, method))
-            if not records:
-                continue
-            cells = [
-                _mean_std([resampling_peaks(r, key, period, offset=offset) for r in records], ".3g")
-                for key in ("loss/total", "error/rel_l2") for offset in (0, period // 2)
-            ]
-            lines.append(f"| {problem} | {LABELS[method]} | {len(records)} | " + " | ".join(cells) + " |")
+    for problem, method, records in _rows(groups):
+        cells = [
+            _mean_std([resampling_peaks(r, key, period, offset=offset) for r in records], ".3g")
+            for key in ("loss/total", "error/rel_l2") for offset in (0, period // 2)
+        ]
+        lines.append(f"| {problem} | {LABELS[method]} | {len(records)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -147,17 +148,13 @@ def milestone_table(groups: dict[tuple[str, str], list[dict]], key: str = "error
     """A curve's geometric mean over seeds at a few outer iterations, per PDE and method."""
     lines = ["| PDE | method | seeds | " + " | ".join(f"k = {k}" for k in steps) + " |",
              "|---|---|---|" + "---|" * len(steps)]
-    for problem in sorted({p for p, _ in groups}):
-        for method in LABELS:
-            records = groups.get((problem, method))
-            if not records:
-                continue
-            cells = []
-            for k in steps:
-                values = [dict(r["curves"].get(key, [])).get(k) for r in records]
-                values = [v for v in values if v is not None and v > 0]
-                cells.append(f"{math.exp(statistics.fmean(math.log(v) for v in values)):.3g}" if values else "—")
-            lines.append(f"| {problem} | {LABELS[method]} | {len(records)} | " + " | ".join(cells) + " |")
+    for problem, method, records in _rows(groups):
+        cells = []
+        for k in steps:
+            values = [dict(r["curves"].get(key, [])).get(k) for r in records]
+            values = [v for v in values if v is not None and v > 0]
+            cells.append(f"{math.exp(statistics.fmean(math.log(v) for v in values)):.3g}" if values else "—")
+        lines.append(f"| {problem} | {LABELS[method]} | {len(records)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -254,12 +251,10 @@ def plot_heatmaps(groups: dict[tuple[str, str], list[dict]], methods: tuple[str,
         pde = get_problem(problem)
         grid = pde.evaluation_grid(*shape).double()
         exact = pde.exact_solution(grid).reshape(shape).numpy()
-        errors = []
-        for record in records:
-            with torch.no_grad():
-                errors.append(abs(final_network(record)(grid).reshape(shape).numpy() - exact))
         c0, c1 = (grid[:, i].reshape(shape).numpy() for i in (0, 1))
-        for ax, record, error in zip(ax_row, records, errors):
+        for ax, record in zip(ax_row, records):
+            with torch.no_grad():
+                error = abs(final_network(record)(grid).reshape(shape).numpy() - exact)
             # one log scale per panel: a diverged run (errors of 1e8) would black out the others
             top = float(error.max()) if error.max() > 0 else 1.0
             norm = LogNorm(vmin=top * 1e-4, vmax=top)
