@@ -192,6 +192,9 @@ def curve_band(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, n
     return np.array(steps), values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
+ERROR_AXIS_TOP = 10.0  #: upper end of the relative-L2 axis in Figures 1-3; curves above it are marked off scale
+
+
 def plot_curves(groups: dict[tuple[str, str], list[dict]], apts_method: str, path: Path | None = None):
     """Figures 1-3 of the paper: for each PDE, error and loss vs outer iteration, mean with a min-max band."""
     from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
@@ -209,9 +212,14 @@ def plot_curves(groups: dict[tuple[str, str], list[dict]], apts_method: str, pat
                 steps, mean, low, high = curve_band(records, key)
                 if not len(steps):
                     continue
-                (line,) = ax.plot(steps, mean, label=LABELS[method], lw=1.2)
+                label = LABELS[method]
+                if key == "error/rel_l2" and high.max() > ERROR_AXIS_TOP:  # a diverged run would squash the rest
+                    label += f" (off scale: up to {high.max():.0e})"
+                (line,) = ax.plot(steps, mean, label=label, lw=1.2)
                 ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
             ax.set_yscale("log")
+            if key == "error/rel_l2" and ax.get_ylim()[1] > ERROR_AXIS_TOP:
+                ax.set_ylim(top=ERROR_AXIS_TOP)
             ax.set_xlabel("outer iteration")
             ax.set_ylabel(label)
             ax.set_title(f"{problem}: {label}")
