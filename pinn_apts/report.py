@@ -158,8 +158,11 @@ def milestone_table(groups: dict[tuple[str, str], list[dict]], key: str = "error
     return "\n".join(lines) + "\n"
 
 
-def render_document(text: str, groups: dict[tuple[str, str], list[dict]]) -> str:
-    """``text`` with what lies between the report markers replaced by the current tables."""
+def render_document(text: str, groups: dict[tuple[str, str], list[dict]], period: int = 10) -> str:
+    """``text`` with what lies between the report markers replaced by the current tables.
+
+    ``period``: the resampling period of the runs (every config in ``configs/`` resamples every 10).
+    """
     if BEGIN not in text or END not in text:
         raise ValueError(f"no report markers: put the lines {BEGIN!r} and {END!r} where the tables go")
     head, rest = text.split(BEGIN, 1)
@@ -170,9 +173,10 @@ def render_document(text: str, groups: dict[tuple[str, str], list[dict]]) -> str
             f"### Stage I acceptance and Stage II tries beside the paper's\n\n{acceptance_table(groups)}\n"
             f"### Relative L2 error and loss along the run (geometric mean over seeds)\n\n"
             f"{milestone_table(groups)}\n{milestone_table(groups, 'loss/total')}\n"
-            f"### Jumps after resampling (every 10 outer iterations)\n\n"
-            f"Median over resampling events of max(c[k..k+4]) / c[k-1] for the loss and the relative L2 error; "
-            f"the columns *without resampling* take the same statistic at k = 5 mod 10.\n\n{resampling_table(groups)}\n")
+            f"### Jumps after resampling (every {period} outer iterations)\n\n"
+            "Median over resampling events of max(c[k..k+4]) / c[k-1] for the loss and the relative L2 error; "
+            f"the columns *without resampling* take the same statistic at k = {period // 2} mod {period}.\n\n"
+            f"{resampling_table(groups, period)}\n")
     return head + BEGIN + body + END + tail
 
 

@@ -93,6 +93,8 @@ def test_paper_tables_and_document_markers(tmp_path):
     text = doc.read_text()
     assert "stale" not in text and text.startswith("# Title") and text.endswith("after\n") and table in text
     assert render_document(text, groups) == text  # a second pass changes nothing
+    other = render_document(text, groups, period=20)
+    assert "every 20 outer iterations" in other and "k = 10 mod 20" in other and "every 10 outer" not in other
     with pytest.raises(ValueError, match="no report markers"):
         render_document("# nothing here\n", groups)
 
