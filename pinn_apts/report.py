@@ -196,7 +196,10 @@ def curve_band(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, n
     return np.array(steps), values.mean(axis=0), values.min(axis=0), values.max(axis=0)
 
 
-ERROR_AXIS_TOP = 10.0  #: upper end of the relative-L2 axis in Figures 1-3; curves above it are marked off scale
+AXIS_HEADROOM = 10.0
+"""Figures 1-3 show each panel up to ``AXIS_HEADROOM`` times the largest starting value of its
+curves; a curve that goes above (a diverged run) is cut there and marked off scale in the legend,
+so it does not squash the others."""
 
 
 def plot_curves(groups: dict[tuple[str, str], list[dict]], apts_method: str, path: Path | None = None):
@@ -208,26 +211,22 @@ def plot_curves(groups: dict[tuple[str, str], list[dict]], apts_method: str, pat
     fig = Figure(figsize=(11, 3.2 * len(problems)), layout="constrained")
     axes = fig.subplots(len(problems), 2, squeeze=False)
     for row, problem in zip(axes, problems):
-        for ax, key, label in ((row[0], "error/rel_l2", "relative L2 error"), (row[1], "loss/total", "loss")):
-            for method in methods:
-                records = groups.get((problem, method))
-                if not records:
-                    continue
-                steps, mean, low, high = curve_band(records, key)
-                if not len(steps):
-                    continue
-                label = LABELS[method]
-                if key == "error/rel_l2" and high.max() > ERROR_AXIS_TOP:  # a diverged run would squash the rest
-                    label += f" (off scale: up to {high.max():.0e})"
-                (line,) = ax.plot(steps, mean, label=label, lw=1.2)
+        for ax, key, quantity in ((row[0], "error/rel_l2", "relative L2 error"), (row[1], "loss/total", "loss")):
+            bands = {m: curve_band(groups[problem, m], key) for m in methods if groups.get((problem, m))}
+            bands = {m: band for m, band in bands.items() if len(band[0])}
+            if not bands:
+                continue
+            top = AXIS_HEADROOM * max(mean[0] for _, mean, _, _ in bands.values())
+            for method, (steps, mean, low, high) in bands.items():
+                name = LABELS[method] + (f" (off scale: up to {high.max():.0e})" if high.max() > top else "")
+                (line,) = ax.plot(steps, mean, label=name, lw=1.2)
                 ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
             ax.set_yscale("log")
-            if key == "error/rel_l2" and ax.get_ylim()[1] > ERROR_AXIS_TOP:
-                ax.set_ylim(top=ERROR_AXIS_TOP)
+            ax.set_ylim(top=min(ax.get_ylim()[1], top))
             ax.set_xlabel("outer iteration")
-            ax.set_ylabel(label)
-            ax.set_title(f"{problem}: {label}")
-        row[0].legend(fontsize=8)
+            ax.set_ylabel(quantity)
+            ax.set_title(f"{problem}: {quantity}")
+            ax.legend(fontsize=7)  # in both panels: each may mark a different curve off scale
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=110)

@@ -64,15 +64,19 @@ def test_report_tables_and_figures(tmp_path):
     run_one("heat", "lbfgs", 0, 3, out, CONFIG_DIR, tmp_path / "logs")
     fig = plot_heatmaps(load_results(out))
     assert len(fig.axes) == 6 and "seed 0" in fig.axes[0].get_title()  # three panels, a colorbar each
-    # a diverged run (relative L2 1e8) is drawn off scale, not squashing the others' error axis
-    from pinn_apts.report import ERROR_AXIS_TOP, plot_curves
+    # a diverged run (error and loss 1e8) is drawn off scale, not squashing the others' axes
+    from pinn_apts.report import AXIS_HEADROOM, plot_curves
 
     diverged = load_results(out)
-    diverged["heat", "lbfgs"][0]["curves"]["error/rel_l2"] = [(k, 1e8) for k in range(3)]
-    error_axis = plot_curves(diverged, "apts_d4").axes[0]
-    assert error_axis.get_ylim()[1] == ERROR_AXIS_TOP
-    labels = error_axis.get_legend_handles_labels()[1]
-    assert "L-BFGS (off scale: up to 1e+08)" in labels and "Adam" in labels
+    for key in ("error/rel_l2", "loss/total"):
+        diverged["heat", "lbfgs"][0]["curves"][key] = [(0, 1.0)] + [(k, 1e8) for k in (1, 2)]
+    fig = plot_curves(diverged, "apts_d4")
+    for ax, quantity in zip(fig.axes, ("relative L2 error", "loss")):
+        assert ax.get_title() == f"heat: {quantity}" and ax.get_ylabel() == quantity
+        starts = [line.get_ydata()[0] for line in ax.get_lines()]
+        assert ax.get_ylim()[1] == pytest.approx(AXIS_HEADROOM * max(starts))
+        labels = ax.get_legend_handles_labels()[1]
+        assert "L-BFGS (off scale: up to 1e+08)" in labels and "Adam" in labels
     report_main(["--results", str(out), "--figures", str(tmp_path / "fig")])
     assert (tmp_path / "fig" / "apts_d4.png").stat().st_size > 10_000
     assert (tmp_path / "fig" / "heatmaps.png").stat().st_size > 10_000
