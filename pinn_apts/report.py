@@ -219,8 +219,9 @@ def plot_curves(groups: dict[tuple[str, str], list[dict]], apts_method: str, pat
             top = AXIS_HEADROOM * max(mean[0] for _, mean, _, _ in bands.values())
             for method, (steps, mean, low, high) in bands.items():
                 name = LABELS[method] + (f" (off scale: up to {high.max():.0e})" if high.max() > top else "")
-                (line,) = ax.plot(steps, mean, label=name, lw=1.2)
-                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, lw=0)
+                color = f"C{methods.index(method)}"  # a method keeps its colour in every panel and figure
+                ax.plot(steps, mean, label=name, lw=1.2, color=color)
+                ax.fill_between(steps, low, high, color=color, alpha=0.2, lw=0)
             ax.set_yscale("log")
             ax.set_ylim(top=min(ax.get_ylim()[1], top))
             ax.set_xlabel("outer iteration")
