@@ -54,9 +54,14 @@ def load_results(folder: Path) -> dict[tuple[str, str], list[dict]]:
     return dict(groups)
 
 
+def _problems(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
+    """The problems that have results, sorted."""
+    return sorted({p for p, _ in groups})
+
+
 def _rows(groups: dict[tuple[str, str], list[dict]], problem: str | None = None):
     """``(problem, method, records)`` for every group run, problems sorted, methods in :data:`LABELS` order."""
-    for name in sorted({p for p, _ in groups}) if problem is None else [problem]:
+    for name in _problems(groups) if problem is None else [problem]:
         for method in LABELS:
             if groups.get((name, method)):
                 yield name, method, groups[name, method]
@@ -74,7 +79,7 @@ def _mean_std(values: list[float | None], fmt: str = ".3g") -> str:
 def summary_tables(groups: dict[tuple[str, str], list[dict]]) -> str:
     """One Markdown table per problem; the order of methods follows :data:`LABELS`."""
     lines = []
-    for problem in sorted({p for p, _ in groups}):
+    for problem in _problems(groups):
         lines += [f"#### {problem}", "",
                   "| method | seeds | rel. L2 | rel. L2 by seed | RMSE | final loss | Stage I acceptance "
                   "| Stage II tries | s / iteration |",
@@ -206,13 +211,13 @@ def plot_curves(groups: dict[tuple[str, str], list[dict]], apts_method: str, pat
     """Figures 1-3 of the paper: for each PDE, error and loss vs outer iteration, mean with a min-max band."""
     from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
-    problems = sorted({p for p, _ in groups})
+    problems = _problems(groups)
     methods = [apts_method, "adam", "lbfgs", "lbfgs_wolfe", "tr"]
     fig = Figure(figsize=(11, 3.2 * len(problems)), layout="constrained")
     axes = fig.subplots(len(problems), 2, squeeze=False)
     for row, problem in zip(axes, problems):
         for ax, key, quantity in ((row[0], "error/rel_l2", "relative L2 error"), (row[1], "loss/total", "loss")):
-            bands = {m: curve_band(groups[problem, m], key) for m in methods if groups.get((problem, m))}
+            bands = {m: curve_band(records, key) for _, m, records in _rows(groups, problem) if m in methods}
             bands = {m: band for m, band in bands.items() if len(band[0])}
             if not bands:
                 continue
@@ -250,7 +255,7 @@ def plot_heatmaps(groups: dict[tuple[str, str], list[dict]], methods: tuple[str,
     from .problems import get_problem
 
     rows = []
-    for problem in sorted({p for p, _ in groups}):
+    for problem in _problems(groups):
         by_seed = [{r["seed"]: r for r in groups.get((problem, m), []) if "final_parameters" in r} for m in methods]
         seeds = sorted(set.intersection(*(set(s) for s in by_seed)))
         if seeds:
