@@ -65,10 +65,14 @@ class CurveLogger(Logger):
                 self.curves[key].append((int(step if step is not None else -1), float(metrics[key])))
 
 
-def batch_run_args(config: Path | str, seed: int, iterations: int, root: Path | str) -> list[str]:
+def batch_run_args(config: Path | str, seed: int, iterations: int, root: Path | str,
+                   schedule: int | None = None) -> list[str]:
     """CLI arguments of an unattended run: ``config`` with ``seed`` for ``iterations`` outer
-    iterations, no progress bar, model summary, checkpoints or callbacks, its folder ``root``."""
-    return [
+    iterations, no progress bar, model summary, checkpoints or callbacks, its folder ``root``.
+    ``schedule`` (if given) is the run length the curriculum and resampling are planned for,
+    so a short run can stop early on a long run's schedule."""
+    extra = [] if schedule is None else [f"--data.total_iterations={schedule}"]
+    return [*extra,
         "--config", str(config), f"--seed_everything={seed}", f"--data.seed={seed}",
         f"--trainer.max_steps={iterations}", "--trainer.enable_progress_bar=false",
         "--trainer.enable_model_summary=false", "--trainer.enable_checkpointing=false",
@@ -77,10 +81,11 @@ def batch_run_args(config: Path | str, seed: int, iterations: int, root: Path | 
 
 
 def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, config_dir: Path,
-            log_root: Path = Path("lightning_logs/experiments")) -> Path:
+            log_root: Path = Path("lightning_logs/experiments"), schedule: int | None = None) -> Path:
     """Train one cell of the matrix and write its results file (unless it exists).
 
     TensorBoard logs go to ``log_root/<problem>_<method>_s<seed>`` (not meant for git).
+    ``schedule``: see :func:`batch_run_args`.
     """
     from torch.nn.utils import parameters_to_vector
 
@@ -93,7 +98,7 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     if not config.exists():
         raise ValueError(f"no config {config} for problem {problem!r} and method {method!r}")
     logger = CurveLogger()
-    cli = cli_main(batch_run_args(config, seed, iterations, log_root / target.stem), run=False)
+    cli = cli_main(batch_run_args(config, seed, iterations, log_root / target.stem, schedule), run=False)
     cli.trainer.loggers = [*cli.trainer.loggers, logger]  # TensorBoard as usual, and the curves
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
@@ -147,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--schedule", type=int, default=None,
+                        help="run length the curriculum and resampling are planned for (default: --iterations); "
+                             "a smaller --iterations stops early on that schedule")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, one thread each")
     parser.add_argument("--config-dir", type=Path, default=Path(__file__).parent / "configs")
     parser.add_argument("--log-root", type=Path, default=Path("lightning_logs/experiments"))
@@ -154,13 +162,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.jobs < 1:
         parser.error("--iterations and --jobs must be at least 1")
+    if args.schedule is not None and args.schedule < args.iterations:
+        parser.error("--schedule must be at least --iterations")
 
     import torch
 
     torch.set_num_threads(1)
     if args.one:
         problem, method, seed = args.one
-        print(run_one(problem, method, int(seed), args.iterations, args.out, args.config_dir, args.log_root), flush=True)
+        print(run_one(problem, method, int(seed), args.iterations, args.out, args.config_dir, args.log_root,
+                      args.schedule), flush=True)
         return
     cells = [(p, m, s) for s in args.seeds for p in args.problems for m in args.methods
              if not (args.out / f"{p}_{m}_s{s}.json").exists()]
@@ -173,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(1)
         command = [sys.executable, "-m", "pinn_apts.experiments", "--out", str(args.out), "--iterations",
                    str(args.iterations), "--config-dir", str(args.config_dir), "--log-root", str(args.log_root),
+                   *([] if args.schedule is None else ["--schedule", str(args.schedule)]),
                    "--one", problem, method, str(seed)]
         print("start", problem, method, seed, flush=True)
         started.append(subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}))

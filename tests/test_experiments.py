@@ -43,6 +43,20 @@ def test_bad_arguments():
         main(["--methods", "sgd"])
     with pytest.raises(SystemExit):
         main(["--iterations", "0"])
+    with pytest.raises(SystemExit):
+        main(["--iterations", "10", "--schedule", "5"])
+
+
+def test_short_run_on_a_longer_runs_schedule(tmp_path):
+    """``schedule``: a 3-iteration run planned as a 10-iteration one starts as the 10-iteration
+    run does (early curriculum sizes); unplanned, its curriculum ends after 0.3 * 3 iterations."""
+    def losses(iterations, schedule, name):
+        target = run_one("heat", "adam", 0, iterations, tmp_path / name, CONFIG_DIR, tmp_path / "logs", schedule)
+        return [value for _, value in json.loads(target.read_text())["curves"]["loss/total"]]
+
+    full, planned, unplanned = losses(10, None, "full"), losses(3, 10, "planned"), losses(3, None, "unplanned")
+    assert planned == pytest.approx(full[:3], rel=1e-12)
+    assert unplanned[1:] != pytest.approx(full[1:3], rel=1e-6)
 
 
 def test_report_tables_and_figures(tmp_path):

@@ -1,0 +1,97 @@
+"""Seconds per outer iteration of the paper's configs through ``Trainer.fit``, on this machine,
+beside the first iterations of the committed full runs.
+
+Usage::
+
+    python benchmarks/matrix_speed.py [--problems heat burgers laplace] [--methods apts_d2 apts_d4 apts_d8]
+                                      [--iterations 100] [--warmup 10] [--seed 0]
+                                      [--results results] [--out matrix_speed_runs]
+
+Each cell runs ``python -m pinn_apts.experiments --one PROBLEM METHOD SEED --iterations N
+--schedule 2000`` (the first N iterations of a full run: same curriculum and resampling) in a
+fresh process (the runner's own path: LightningCLI, the config in ``configs/``, the accelerator
+Lightning picks, ``replicas: auto``), then prints one Markdown row: the median of the logged
+``time/iteration`` over iterations ``warmup .. N-1``, the same median over the same iterations
+of the committed run in ``--results`` (if there is one), and the relative L2 error at iteration
+``N - 1`` of both. The committed runs were made on the 2-core CPU machine, two at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def window(record: dict, tag: str, start: int, stop: int) -> list[float]:
+    """The logged values of ``tag`` at iterations ``start <= step < stop``."""
+    return [value for step, value in record["curves"].get(tag, []) if start <= step < stop]
+
+
+def at(record: dict, tag: str, step: int) -> float | None:
+    values = window(record, tag, step, step + 1)
+    return values[-1] if values else None
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--problems", nargs="+", default=["heat", "burgers", "laplace"])
+    parser.add_argument("--methods", nargs="+", default=["apts_d2", "apts_d4", "apts_d8"])
+    parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", type=Path, default=ROOT / "results")
+    parser.add_argument("--out", type=Path, default=Path("matrix_speed_runs"))
+    args = parser.parse_args()
+    if not 0 <= args.warmup < args.iterations:
+        parser.error("--warmup must be at least 0 and less than --iterations")
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+    print(f"Paper configs through Trainer.fit on {device} (torch {torch.__version__}), seed {args.seed}, "
+          f"median s / iteration over iterations {args.warmup}..{args.iterations - 1}; "
+          f"'committed' = the same iterations of the full run in {args.results} (2-core CPU, two runs at a time)\n")
+    print("| problem | method | s / it here | s / it committed | ratio | rel. L2 at it. "
+          f"{args.iterations - 1} here | committed | wall s here |")
+    print("|---|---|---|---|---|---|---|---|")
+    for problem in args.problems:
+        for method in args.methods:
+            name = f"{problem}_{method}_s{args.seed}.json"
+            (args.out / name).unlink(missing_ok=True)
+            start = time.perf_counter()
+            command = [sys.executable, "-m", "pinn_apts.experiments", "--out", str(args.out),
+                       "--iterations", str(args.iterations), "--schedule", "2000", "--config-dir", str(ROOT / "configs"),
+                       "--log-root", str(args.out / "logs"), "--one", problem, method, str(args.seed)]
+            done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            if done.returncode != 0:
+                print(f"| {problem} | {method} | failed (exit {done.returncode}): "
+                      f"{done.stderr.strip().splitlines()[-1:]} |", flush=True)
+                continue
+            here = json.loads((args.out / name).read_text())
+            committed_file = args.results / name
+            committed = json.loads(committed_file.read_text()) if committed_file.exists() else None
+            last = args.iterations - 1
+            speed = statistics.median(window(here, "time/iteration", args.warmup, args.iterations))
+            base = (statistics.median(window(committed, "time/iteration", args.warmup, args.iterations))
+                    if committed else None)
+            print(f"| {problem} | {method} | {speed:.3f} | {fmt(base, '.3f')} | "
+                  f"{fmt(base / speed if base else None, '.1f')} | {fmt(at(here, 'error/rel_l2', last), '.3g')} | "
+                  f"{fmt(at(committed, 'error/rel_l2', last) if committed else None, '.3g')} | {wall:.0f} |",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
