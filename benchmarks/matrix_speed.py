@@ -28,22 +28,17 @@ import time
 from pathlib import Path
 
 import torch
+from summarize_runs import fmt  # this folder's run-summary script
+
+from pinn_apts.experiments import ITERATIONS
+from pinn_apts.report import curve
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def window(record: dict, tag: str, start: int, stop: int) -> list[float]:
-    """The logged values of ``tag`` at iterations ``start <= step < stop``."""
-    return [value for step, value in record["curves"].get(tag, []) if start <= step < stop]
-
-
-def at(record: dict, tag: str, step: int) -> float | None:
-    values = window(record, tag, step, step + 1)
-    return values[-1] if values else None
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+def median_time(record: dict, start: int, stop: int) -> float:
+    """Median logged ``time/iteration`` over outer iterations ``start <= k < stop``."""
+    return statistics.median(v for k, v in curve(record, "time/iteration").items() if start <= k < stop)
 
 
 def main() -> None:
@@ -72,7 +67,7 @@ def main() -> None:
             (args.out / name).unlink(missing_ok=True)
             start = time.perf_counter()
             command = [sys.executable, "-m", "pinn_apts.experiments", "--out", str(args.out),
-                       "--iterations", str(args.iterations), "--schedule", "2000", "--config-dir", str(ROOT / "configs"),
+                       "--iterations", str(args.iterations), "--schedule", str(ITERATIONS), "--config-dir", str(ROOT / "configs"),
                        "--log-root", str(args.out / "logs"), "--one", problem, method, str(args.seed)]
             done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
             wall = time.perf_counter() - start
@@ -84,12 +79,11 @@ def main() -> None:
             committed_file = args.results / name
             committed = json.loads(committed_file.read_text()) if committed_file.exists() else None
             last = args.iterations - 1
-            speed = statistics.median(window(here, "time/iteration", args.warmup, args.iterations))
-            base = (statistics.median(window(committed, "time/iteration", args.warmup, args.iterations))
-                    if committed else None)
+            speed = median_time(here, args.warmup, args.iterations)
+            base = median_time(committed, args.warmup, args.iterations) if committed else None
             print(f"| {problem} | {method} | {speed:.3f} | {fmt(base, '.3f')} | "
-                  f"{fmt(base / speed if base else None, '.1f')} | {fmt(at(here, 'error/rel_l2', last), '.3g')} | "
-                  f"{fmt(at(committed, 'error/rel_l2', last) if committed else None, '.3g')} | {wall:.0f} |",
+                  f"{fmt(base / speed if base else None, '.1f')} | {fmt(curve(here, 'error/rel_l2').get(last), '.3g')} | "
+                  f"{fmt(curve(committed, 'error/rel_l2').get(last) if committed else None, '.3g')} | {wall:.0f} |",
                   flush=True)
 
 

@@ -27,10 +27,12 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["METHODS", "PROBLEMS", "CurveLogger", "batch_run_args", "final_network", "run_one"]
+__all__ = ["ITERATIONS", "METHODS", "PROBLEMS", "CurveLogger", "batch_run_args", "final_network", "run_one"]
 
 PROBLEMS = ("heat", "burgers", "laplace")
 METHODS = ("apts_d2", "apts_d4", "apts_d8", "adam", "lbfgs", "lbfgs_wolfe", "tr")
+#: outer iterations of a run of the paper's matrix
+ITERATIONS = 2000
 #: the per-iteration scalars kept in a results file
 CURVES = (
     "loss/total", "error/rel_l2", "error/rmse", "time/iteration", "apts/radius", "apts/stage1_accepted",
@@ -151,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--iterations", type=int, default=ITERATIONS)
     parser.add_argument("--schedule", type=int, default=None,
                         help="run length the curriculum and resampling are planned for (default: --iterations); "
                              "a smaller --iterations stops early on that schedule")

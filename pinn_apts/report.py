@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "PAPER_ACCEPTANCE", "acceptance_table", "curve_band", "load_results", "plot_curves", "plot_heatmaps",
+    "PAPER_ACCEPTANCE", "acceptance_table", "curve", "curve_band", "load_results", "plot_curves", "plot_heatmaps",
     "milestone_table", "render_document", "resampling_peaks", "resampling_table", "summary_tables", "update_document",
 ]
 
@@ -52,6 +52,11 @@ def load_results(folder: Path) -> dict[tuple[str, str], list[dict]]:
     for records in groups.values():
         records.sort(key=lambda r: r["seed"])
     return dict(groups)
+
+
+def curve(record: dict, key: str) -> dict[int, float]:
+    """One logged curve of a results file, ``{outer iteration: value}`` (empty if not logged)."""
+    return dict(record["curves"].get(key, []))
 
 
 def _problems(groups: dict[tuple[str, str], list[dict]]) -> list[str]:
@@ -123,12 +128,12 @@ def resampling_peaks(record: dict, key: str, period: int = 10, window: int = 5, 
     its median over the run. Above 1: the curve jumps after resampling; ``offset = period // 2``
     gives the same statistic at iterations without resampling, as a control.
     """
-    curve = dict(record["curves"].get(key, []))
+    values = curve(record, key)
     ratios = []
-    for k in sorted(curve):
-        if k > 0 and k % period == offset and k - 1 in curve and curve[k - 1] > 0:
-            after = [curve[j] for j in range(k, k + window) if j in curve]
-            ratios.append(max(after) / curve[k - 1])
+    for k in sorted(values):
+        if k > 0 and k % period == offset and k - 1 in values and values[k - 1] > 0:
+            after = [values[j] for j in range(k, k + window) if j in values]
+            ratios.append(max(after) / values[k - 1])
     return float(np.median(ratios)) if ratios else float("nan")
 
 
@@ -156,7 +161,7 @@ def milestone_table(groups: dict[tuple[str, str], list[dict]], key: str = "error
     for problem, method, records in _rows(groups):
         cells = []
         for k in steps:
-            values = [dict(r["curves"].get(key, [])).get(k) for r in records]
+            values = [curve(r, key).get(k) for r in records]
             values = [v for v in values if v is not None and v > 0]
             cells.append(f"{math.exp(statistics.fmean(math.log(v) for v in values)):.3g}" if values else "—")
         lines.append(f"| {problem} | {LABELS[method]} | {len(records)} | " + " | ".join(cells) + " |")
@@ -192,7 +197,7 @@ def update_document(path: Path, groups: dict[tuple[str, str], list[dict]]) -> No
 
 def curve_band(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Steps, mean, min and max over seeds of one curve (on the steps all seeds share)."""
-    series = [dict(r["curves"].get(key, [])) for r in records]
+    series = [curve(r, key) for r in records]
     steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
     values = np.array([[s[k] for k in steps] for s in series], dtype=float)
     if not steps:
