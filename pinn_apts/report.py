@@ -159,9 +159,10 @@ def milestone_table(groups: dict[tuple[str, str], list[dict]], key: str = "error
     lines = ["| PDE | method | seeds | " + " | ".join(f"k = {k}" for k in steps) + " |",
              "|---|---|---|" + "---|" * len(steps)]
     for problem, method, records in _rows(groups):
+        series = [curve(r, key) for r in records]
         cells = []
         for k in steps:
-            values = [curve(r, key).get(k) for r in records]
+            values = [s.get(k) for s in series]
             values = [v for v in values if v is not None and v > 0]
             cells.append(f"{math.exp(statistics.fmean(math.log(v) for v in values)):.3g}" if values else "—")
         lines.append(f"| {problem} | {LABELS[method]} | {len(records)} | " + " | ".join(cells) + " |")
