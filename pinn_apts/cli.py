@@ -4,20 +4,31 @@
 (``pinn_apts/configs/default.yaml``); ``pinn-apts fit --config FILE`` any other,
 with overrides such as ``--trainer.max_steps 200``; ``pinn-apts fit
 --print_config`` prints the full configuration to start a new one from.
+
+Exit status of the console script (:func:`main`): 0 after a finished run; ``128 + N`` after
+a run stopped by signal ``N`` (130 for Ctrl-C, 143 for SIGTERM; ``last.ckpt`` then holds the
+last finished outer iteration); 2 after bad input and 1 after a non-finite loss, each with
+the message as the last line (``PINN_APTS_TRACEBACK=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
 import warnings
 from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
 
+from .callbacks import GracefulStop
 from .data import PINNDataModule
 from .modules import PINNModule
 
-__all__ = ["CONFIG_DIR", "PINNCLI", "cli_main"]
+__all__ = ["CONFIG_DIR", "PINNCLI", "cli_main", "main"]
+
+_PACKAGE_DIR = str(Path(__file__).resolve().parent)
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -40,6 +51,16 @@ class PINNCLI(LightningCLI):
         if config.threads < 1:
             raise ValueError(f"threads must be an integer >= 1, got {config.threads}")
         torch.set_num_threads(config.threads)
+
+    def _parse_ckpt_path(self) -> None:
+        """Keep the configuration as given when a run is resumed with ``--ckpt_path``.
+
+        LightningCLI would overwrite the model's settings with the checkpoint's hyper-parameters
+        (and its method with the checkpoint's, while the data section stays the configuration's).
+        Here the configuration is the run's, and the modules refuse a checkpoint that does not
+        match it, naming both sides (:meth:`PINNModule.on_load_checkpoint`,
+        :meth:`PINNDataModule.load_state_dict`).
+        """
 
 
 def cli_main(args: list[str] | None = None, run: bool = True) -> PINNCLI:
@@ -72,5 +93,46 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PINNCLI:
     )
 
 
+def main(args: list[str] | None = None) -> int:
+    """The ``pinn-apts`` console script: run :func:`cli_main` and return the exit status.
+
+    The working directory is put on the module search path (as ``python -m`` does), so that
+    a config can name a problem class in a module beside it (``class_path: mymodule.Advection``).
+    """
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        cli = cli_main(args)
+    except (ValueError, TypeError, FloatingPointError) as err:
+        if os.environ.get("PINN_APTS_TRACEBACK"):
+            raise
+        sys.stderr.write(f"pinn-apts: error: {_user_message(err)}\n")
+        return 1 if isinstance(err, FloatingPointError) else 2
+    stop = next((cb for cb in cli.trainer.callbacks if isinstance(cb, GracefulStop) and cb.stopped), None)
+    if stop is not None:
+        return 128 + int(stop.signal or signal.SIGTERM)
+    return 0
+
+
+def _user_message(err: BaseException) -> str:
+    """The message of the first exception in ``err``'s chain of causes that this package raised.
+
+    jsonargparse wraps a module's ``ValueError`` (say, ``num_subdomains must be an integer >= 1``)
+    in its own, whose message ends in a dump of the whole configuration.
+    """
+    chain: list[BaseException] = []
+    while err is not None and err not in chain:
+        chain.append(err)
+        err = err.__cause__
+    for exc in chain:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+        if tb is not None and tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            return str(exc)
+    return str(chain[0])
+
+
 if __name__ == "__main__":
-    cli_main()
+    sys.exit(main())

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 
-from .problems import PDEProblem, check_int, resolve_problem
+from .problems import PDEProblem, check_int, resolve_problem, settings_differences
 from .sampling import CollocationBatch, CollocationSampler, Curriculum, _check_sizes
 
 __all__ = ["PINNDataModule"]
 
 
 class _IterationStream(IterableDataset):
-    """Yields the batch of each outer iteration from ``start`` to the end of the run."""
+    """Yields the batch of each outer iteration ``k`` for ``start <= k < stop``."""
 
-    def __init__(self, sampler: CollocationSampler, start: int) -> None:
-        self.sampler, self.start = sampler, start
+    def __init__(self, sampler: CollocationSampler, start: int, stop: int) -> None:
+        self.sampler, self.start, self.stop = sampler, start, stop
 
     def __iter__(self) -> Iterator[CollocationBatch]:
-        for k in range(self.start, self.sampler.total_iterations):
+        for k in range(self.start, self.stop):
             yield self.sampler.batch(k)
 
 
@@ -41,9 +43,16 @@ class PINNDataModule(L.LightningDataModule):
     late_sizes:
         ``(N_coll, N_IC, N_BC)`` late in the run.
     seed:
-        Seed of the interior draws and the partitions.
+        Seed of the interior draws and the partitions (an integer >= 0).
     total_iterations:
-        Length of the run in outer iterations; ``None`` takes ``trainer.max_steps``.
+        The run length the curriculum is planned for, in outer iterations (at least
+        ``trainer.max_steps``); ``None`` takes ``trainer.max_steps``.
+
+    Checkpoints carry the data settings and the planned run length.  A run resumed from a
+    checkpoint keeps the schedule it was started with, so that its points are exactly those
+    of the run it continues; resumed with a larger ``trainer.max_steps`` (an extended run) the
+    iterations past the planned length use ``late_sizes``.  A checkpoint made with other data
+    settings (problem, seed, point counts, resampling) is refused.
     """
 
     def __init__(
@@ -64,20 +73,29 @@ class PINNDataModule(L.LightningDataModule):
             float(curriculum_fraction),
         )
         self.resample_every = check_int("resample_every (r)", resample_every)
-        self.seed = int(seed)
+        self.seed = check_int("seed", seed, 0)
         self.total_iterations = None if total_iterations is None else check_int("total_iterations", total_iterations)
         self.sampler: CollocationSampler | None = None
 
+    def _max_steps(self) -> int | None:
+        max_steps = self.trainer.max_steps if self.trainer is not None else None
+        return max_steps if max_steps is not None and max_steps >= 1 else None
+
     def setup(self, stage: str) -> None:
-        total = self.total_iterations
+        total, max_steps = self.total_iterations, self._max_steps()
         if total is None:
-            max_steps = self.trainer.max_steps if self.trainer is not None else -1
-            if max_steps is None or max_steps < 1:
+            if max_steps is None:
                 raise ValueError(
                     "the run length is unknown: set trainer.max_steps (outer iterations) "
                     "or data.total_iterations"
                 )
             total = max_steps
+        elif max_steps is not None and total < max_steps:
+            raise ValueError(
+                f"data.total_iterations ({total}) must be at least trainer.max_steps ({max_steps}): it is "
+                "the run length the curriculum is planned for (leave it unset to plan for max_steps; a run "
+                "resumed from a checkpoint keeps the checkpoint's plan by itself)"
+            )
         self.sampler = CollocationSampler(
             self.problem, total, self.resample_every, self.curriculum, self.seed
         )
@@ -87,4 +105,47 @@ class PINNDataModule(L.LightningDataModule):
             raise RuntimeError("PINNDataModule.setup() must run before train_dataloader()")
         # A resumed run starts at the restored outer iteration, so it sees the same points.
         start = self.trainer.global_step if self.trainer is not None else 0
-        return DataLoader(_IterationStream(self.sampler, start), batch_size=None)
+        stop = max(self.sampler.total_iterations, self._max_steps() or 0)
+        return DataLoader(_IterationStream(self.sampler, start, stop), batch_size=None)
+
+    # ------------------------------------------------------------ checkpoints
+    def _settings(self) -> dict[str, Any]:
+        return {
+            "problem": self.problem.spec(),
+            "seed": self.seed,
+            "resample_every": self.resample_every,
+            "curriculum_fraction": self.curriculum.fraction,
+            "early_sizes": list(self.curriculum.early),
+            "late_sizes": list(self.curriculum.late),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data settings and the planned run length (plain types: ``weights_only``-safe)."""
+        planned = self.sampler.total_iterations if self.sampler is not None else self.total_iterations
+        return {**self._settings(), "total_iterations": planned}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take the checkpoint's planned run length; refuse a checkpoint made with other data."""
+        state = dict(state_dict)
+        planned = state.pop("total_iterations", None)
+        mine = self._settings()
+        differ = settings_differences("data", state, mine)
+        if differ:
+            raise ValueError(
+                "the checkpoint was trained on other data than this run's; resume with the run's own "
+                "configuration (its config.yaml), or start a new run:\n  " + "\n  ".join(differ)
+            )
+        if planned is None or self.sampler is None or planned == self.sampler.total_iterations:
+            return
+        if self.total_iterations is not None:
+            raise ValueError(
+                f"data.total_iterations ({self.total_iterations}) differs from the checkpoint's planned run "
+                f"length ({planned}): a resumed run keeps its plan; leave data.total_iterations unset"
+            )
+        rank_zero_info(
+            f"pinn-apts: the resumed run keeps the curriculum planned for {planned} outer iterations "
+            f"(switch at iteration {self.curriculum.switch_iteration(planned)}); iterations past {planned} "
+            "use the late point counts"
+        )
+        self.sampler = CollocationSampler(self.problem, planned, self.resample_every, self.curriculum, self.seed)
+

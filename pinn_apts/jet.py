@@ -25,10 +25,19 @@ __all__ = ["AutogradJet", "Jet", "MLPJet"]
 
 
 class Jet(ABC):
-    """``u`` and its input derivatives at ``points``; every derivative is an ``(..., N, 1)`` tensor."""
+    """``u`` and its input derivatives at ``points``; every derivative is an ``(..., N, 1)`` tensor.
+
+    ``points`` is ``(N, 2)``, or ``(D, N, 2)`` when ``D`` replicas are evaluated at once (batched
+    replicas): a residual that needs the coordinates (a source term) takes them from
+    :meth:`coordinate`, which has the shape of ``u`` in both cases.
+    """
 
     points: Tensor
     u: Tensor
+
+    def coordinate(self, i: int) -> Tensor:
+        """Input column ``i`` at the points (0: ``t`` or ``y``, 1: ``x``), shaped like ``u``: ``(..., N, 1)``."""
+        return self.points[..., i : i + 1].detach()
 
     @abstractmethod
     def d(self, i: int) -> Tensor:

@@ -9,11 +9,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from .jet import AutogradJet, MLPJet
+from .jet import AutogradJet, Jet, MLPJet
 from .problems import PDEProblem
 from .sampling import CollocationBatch
 
-__all__ = ["LossTerms", "check_loss_finite", "pinn_loss", "pinn_loss_share", "stacked_pinn_loss"]
+__all__ = ["LossTerms", "check_loss_finite", "pinn_loss", "pinn_loss_share", "residual_of", "stacked_pinn_loss"]
 
 
 class LossTerms(NamedTuple):
@@ -40,8 +40,7 @@ def pinn_loss(
     points = batch.interior if interior is None else interior
     # An MLP propagates the input derivatives forward (cheaper); any other network by autograd.
     jet = u.jet(points) if hasattr(u, "jet") else AutogradJet(u, points)
-    residual = problem.residual(jet)
-    loss_interior = residual.square().mean()
+    loss_interior = residual_of(problem, jet).square().mean()
     # I and B share one forward pass; the residual's input derivatives stay off their rows.
     n_ic = len(batch.initial)
     out = u(torch.cat([batch.initial, batch.boundary]))
@@ -67,7 +66,7 @@ def pinn_loss_share(
     each process carries about ``1/world_size`` of every term.
     """
     points = interior.detach()
-    residual = problem.residual(u.jet(points) if hasattr(u, "jet") else AutogradJet(u, points))
+    residual = residual_of(problem, u.jet(points) if hasattr(u, "jet") else AutogradJet(u, points))
     interior_share = residual.square().sum() / len(batch.interior)
     initial, initial_values = batch.initial[rank::world_size], batch.initial_values[rank::world_size]
     boundary, boundary_values = batch.boundary[rank::world_size], batch.boundary_values[rank::world_size]
@@ -75,6 +74,23 @@ def pinn_loss_share(
     initial_share = (out[: len(initial)] - initial_values).square().sum() / len(batch.initial)
     boundary_share = (out[len(initial) :] - boundary_values).square().sum() / len(batch.boundary)
     return LossTerms(interior_share + initial_share + boundary_share, interior_share, initial_share, boundary_share)
+
+
+def residual_of(problem: PDEProblem, jet: Jet) -> Tensor:
+    """``problem.residual(jet)``, refused unless it has the shape of ``jet.u``.
+
+    A residual that indexes the points itself (``points[:, 0:1]``) broadcasts to another
+    shape when the replicas are batched (points ``(D, N, 2)``) and would train on nonsense.
+    """
+    residual = problem.residual(jet)
+    if not isinstance(residual, Tensor) or residual.shape != jet.u.shape:
+        shape = tuple(residual.shape) if isinstance(residual, Tensor) else type(residual).__name__
+        raise ValueError(
+            f"{type(problem).__name__}.residual must return a tensor shaped like jet.u, {tuple(jet.u.shape)}, "
+            f"got {shape}: build it from jet.u, jet.d(i), jet.d2(i, j) and, for a source term, "
+            "jet.coordinate(i) (the points are (D, N, 2) when replicas are batched)"
+        )
+    return residual
 
 
 def check_loss_finite(terms: LossTerms, iteration: int) -> None:
@@ -106,7 +122,7 @@ def stacked_pinn_loss(
         torch.cat([torch.full((len(p),), 1.0 / len(p)), torch.zeros(size - len(p))]) for p in parts
     ]).to(batch.interior)
     jet = MLPJet(weights, biases, batch.interior[index])
-    loss_interior = (weight * problem.residual(jet).squeeze(-1).square()).sum(dim=1)
+    loss_interior = (weight * residual_of(problem, jet).squeeze(-1).square()).sum(dim=1)
     n_ic = len(batch.initial)
     out = MLPJet(weights, biases, torch.cat([batch.initial, batch.boundary])).u.squeeze(-1)
     loss_initial = (out[:, :n_ic] - batch.initial_values.squeeze(-1)).square().mean(dim=1)

@@ -24,19 +24,25 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torchmetrics import MeanSquaredError
 
+from .callbacks import GracefulStop, RunReport
 from .loss import LossTerms, check_loss_finite, pinn_loss, pinn_loss_share, stacked_pinn_loss
 from .sampling import CollocationBatch
 from .metrics import RelativeL2Error, error_figure
 from .model import MLP
 from .apts import APTS, APTSConfig
 from .distributed import default_communicator, replicas_of_rank
-from .optim import TrustRegion
-from .problems import PDEProblem, check_int, check_positive, resolve_problem
+from .optim import StepInfo, TrustRegion
+from .problems import PDEProblem, check_int, check_positive, resolve_problem, settings_differences
 from .trust_region import StopReason, TrustRegionConfig
 
 __all__ = ["APTSPINN", "AdamPINN", "LBFGSPINN", "PINNModule", "TrustRegionPINN"]
 
 log = logging.getLogger(__name__)
+
+#: trainer precisions a second-order PINN method can run in
+PRECISIONS = ("64-true", "32-true")
+#: hyper-parameters a resumed run may change (they only decide what is logged)
+RESUMABLE_CHANGES = ("log_every", "eval_points")
 
 
 class PINNModule(L.LightningModule):
@@ -47,11 +53,12 @@ class PINNModule(L.LightningModule):
     Parameters
     ----------
     problem:
-        A :class:`~pinn_apts.problems.PDEProblem` or a registered name.
+        A :class:`~pinn_apts.problems.PDEProblem`, a registered name or a problem spec
+        (:meth:`~pinn_apts.problems.PDEProblem.spec`, as stored in checkpoints).
     layer_sizes:
         Widths of the tanh MLP; the first must equal the problem's input dimension, the last 1.
     seed:
-        Seed of the network initialization.
+        Seed of the network initialization (an integer >= 0).
     log_every:
         The solution error is evaluated every ``log_every`` outer iterations (and at the last);
         the loss and timings are logged every iteration.
@@ -81,7 +88,7 @@ class PINNModule(L.LightningModule):
             )
         if sizes and sizes[-1] != 1:
             raise ValueError(f"layer_sizes[-1] must be 1 (a scalar solution u), got {sizes[-1]}")
-        self.net = MLP(sizes, seed=seed)
+        self.net = MLP(sizes, seed=check_int("seed", seed, 0))
         self.log_every = check_int("log_every", log_every)
         n0, n1 = eval_points
         self.eval_shape = (check_int("eval_points[0]", n0, 2), check_int("eval_points[1]", n1, 2))
@@ -92,7 +99,12 @@ class PINNModule(L.LightningModule):
         # metric states in float64 whatever the precision of the network
         self.rmse = MeanSquaredError(squared=False).set_dtype(torch.float64)
         self.rel_l2 = RelativeL2Error().set_dtype(torch.float64)
-        self.save_hyperparameters()
+        # The problem is stored as data (its class path and arguments), never as a pickled
+        # object, so that checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["problem"])
+        self.save_hyperparameters({**self.hparams, "problem": self.problem.spec()})
+        #: outer iterations whose trial losses were non-finite (rejected), for error messages
+        self.non_finite_trial_iterations: list[int] = []
 
     # ----------------------------------------------------------------- pieces
     def forward(self, points: Tensor) -> Tensor:
@@ -164,13 +176,55 @@ class PINNModule(L.LightningModule):
         for logger in self.loggers:
             logger.log_metrics(values, step=step)
 
+    def setup(self, stage: str) -> None:
+        """Refuse, before training, a trainer precision or a data module this module cannot work with."""
+        precision = str(getattr(self.trainer, "precision", PRECISIONS[0]))
+        if precision not in PRECISIONS:
+            raise ValueError(
+                f"trainer.precision must be '64-true' (the default) or '32-true', got {precision!r}: trust-region "
+                "steps, Hessian-vector products and the residual's input derivatives need full-precision "
+                "arithmetic, which mixed and half precisions do not give"
+            )
+        data = getattr(self.trainer, "datamodule", None)
+        data_problem = getattr(data, "problem", None)
+        if isinstance(data_problem, PDEProblem) and data_problem != self.problem:
+            raise ValueError(
+                f"the model's problem {self.problem!r} and the data's problem {data_problem!r} differ: give "
+                "both the same problem (in a config, the model takes data.problem)"
+            )
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """A signal stops the run after the current outer iteration; the run's folders are reported."""
+        return [GracefulStop(), RunReport()]
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["pinn_apts"] = {"module": _class_path(type(self))}
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._check_checkpoint_matches(checkpoint)
         # Lightning restores the weights before the precision plugin casts the module
         # (e.g. to float64 for "64-true"); a float32 module would round float64 weights
         # on the way in.  Take the checkpoint's dtype first so that resuming is exact.
         dtypes = {v.dtype for v in checkpoint["state_dict"].values() if torch.is_floating_point(v)}
         if len(dtypes) == 1:
             self.to(dtypes.pop())
+
+    def _check_checkpoint_matches(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint of another method or made with other settings, naming both sides."""
+        hint = ("resume with the run's own configuration (pinn-apts fit --config <run folder>/config.yaml "
+                "--ckpt_path ...), or start a new run")
+        saved_module = checkpoint.get("pinn_apts", {}).get("module")
+        mine = _class_path(type(self))
+        if saved_module is not None and saved_module != mine:
+            raise ValueError(
+                f"the checkpoint holds a {saved_module.rpartition('.')[2]} run and this run's model is "
+                f"{mine.rpartition('.')[2]}: {hint}"
+            )
+        saved = checkpoint.get("hyper_parameters", {})
+        differ = settings_differences("model", saved, self.hparams, RESUMABLE_CHANGES)
+        if differ:
+            raise ValueError(f"the checkpoint was made with other model settings than this run's; {hint}:\n  "
+                             + "\n  ".join(differ))
 
     def on_train_end(self) -> None:
         # The figure goes to the loggers and their run folder; without a logger there is none.
@@ -233,18 +287,37 @@ class PINNModule(L.LightningModule):
         return first[0]
 
 
+def _class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 @contextmanager
-def _name_non_finite_term(last: list[LossTerms], iteration: int) -> Iterator[None]:
-    """Re-raise a trust-region ``FloatingPointError`` naming the iteration and the loss term."""
+def _name_non_finite_term(last: list[LossTerms], iteration: int, earlier: Sequence[int] = ()) -> Iterator[None]:
+    """Re-raise a trust-region ``FloatingPointError`` naming the iteration and the loss term
+    (and the last earlier iteration whose trial losses were non-finite)."""
     try:
         yield
     except FloatingPointError as err:
+        history = f"; trial losses were last non-finite at outer iteration {earlier[-1]}" if earlier else ""
         if last:
             try:
                 check_loss_finite(last[0], iteration)
             except FloatingPointError as named:
-                raise FloatingPointError(f"{named} ({err})") from err
+                raise FloatingPointError(f"{named} ({err}){history}") from err
+        if history:
+            raise FloatingPointError(f"{err}{history}") from err
         raise
+
+
+def _report_non_finite_trials(module: PINNModule, iteration: int, stage: str, info: StepInfo) -> None:
+    """Log (naming the iteration) and remember a trust-region step whose trial losses were non-finite."""
+    count = info.non_finite_trials
+    if not count:
+        return
+    module.non_finite_trial_iterations.append(iteration)
+    outcome = "a later try was accepted" if info.accepted else "no step was accepted down to min_radius"
+    log.warning("outer iteration %d: %d of %d %s trial losses were non-finite and rejected; %s",
+                iteration, count, info.tries, stage, outcome)
 
 
 class AdamPINN(PINNModule):
@@ -383,19 +456,21 @@ class TrustRegionPINN(PINNModule):
             last[:] = [terms]
             return terms.total
 
-        tries = cg = 0
+        tries = cg = non_finite = 0
         for i in range(self.steps_per_iteration):
             # as in torch_optimizer_steps: one LightningOptimizer step per outer iteration
-            with _name_non_finite_term(last, batch.iteration):
+            with _name_non_finite_term(last, batch.iteration, self.non_finite_trial_iterations):
                 (opt.optimizer.step if i < self.steps_per_iteration - 1 else opt.step)(closure=closure)
             info = opt.optimizer.last_step
-            tries, cg = tries + info.tries, cg + info.cg_iterations
+            _report_non_finite_trials(self, batch.iteration, "trust-region", info)
+            tries, cg, non_finite = tries + info.tries, cg + info.cg_iterations, non_finite + info.non_finite_trials
         record = opt.optimizer.state["trust_region"]
         metrics = {
             "tr/radius": info.radius,
             "tr/tries": tries,
             "tr/cg_iterations": cg,
             "tr/accepted": float(info.accepted),
+            "tr/non_finite_trials": non_finite,
             "tr/acceptance_rate": record["accepted"] / max(record["steps"], 1),
         }
         metrics.update({f"tr/stop/{r.value}": float(r.value == info.reason) for r in StopReason})
@@ -473,6 +548,7 @@ class APTSPINN(PINNModule):
         self.num_subdomains = num_subdomains
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         strategy = self.trainer.strategy
         if not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
             raise ValueError(
@@ -515,11 +591,12 @@ class APTSPINN(PINNModule):
         def batched_local_loss(stacked: list[Tensor]) -> Tensor:
             return stacked_pinn_loss(stacked[0::2], stacked[1::2], self.problem, batch, [parts[d] for d in own])
 
-        with _name_non_finite_term(last, batch.iteration):
+        with _name_non_finite_term(last, batch.iteration, self.non_finite_trial_iterations):
             opt.step(closure=closure, local_loss=local_loss, batched_local_loss=batched_local_loss)
         apts: APTS = opt.optimizer
         info = apts.last_step
         stage2 = info.stage2
+        _report_non_finite_trials(self, batch.iteration, "Stage II", StepInfo(**stage2))
         metrics = {
             "apts/radius": info.radius,
             "apts/stage1_radius": info.stage1_radius,
@@ -534,6 +611,8 @@ class APTSPINN(PINNModule):
             "apts/stage2_mean_tries": apts.state["apts"]["stage2_tries"] / apts.state["apts"]["iterations"],
             "apts/stage2_cg_iterations": stage2["cg_iterations"],
             "apts/stage2_accepted": float(stage2["accepted"]),
+            "apts/stage2_non_finite_trials": stage2.get("non_finite_trials", 0),
+            "apts/stage1_non_finite": float(not math.isfinite(info.stage1_loss)),
             "time/stage1": info.stage1_seconds,
             "time/stage2": info.stage2_seconds,
         }

@@ -39,6 +39,7 @@ class StepInfo:
     rho: float  #: ratio of the last try
     step_norm: float  #: norm of the accepted step (0 if none)
     predicted_reduction: float  #: model decrease of the accepted step (0 if none)
+    non_finite_trials: int = 0  #: tries rejected because the trial loss or a Hessian-vector product was not finite
 
 
 def trust_region_step(
@@ -87,7 +88,7 @@ def trust_region_step(
     local_hvp = flat_hvp(grads, params)
     hvp = local_hvp if reduce is None else (lambda v: reduce(local_hvp(v)))
     start = parameters_to_vector(params).detach().clone()
-    tries = cg_iterations = 0
+    tries = cg_iterations = non_finite = 0
     while True:
         tries += 1
         result = steihaug_cg(flat_grad, hvp, radius, max_iter=config.cg_max_iter,
@@ -100,18 +101,20 @@ def trust_region_step(
             with torch.enable_grad():
                 trial = loss_fn()
             trial_loss = float(total(trial.detach()))
+        non_finite += not math.isfinite(trial_loss)
         rho = reduction_ratio(loss_value - trial_loss, result.predicted_reduction)
         accepted, new_radius = update_radius(radius, rho, result.hits_boundary, config)
         if accepted:
             info = StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason.value,
-                            min(new_radius, cap), rho, float(result.step.norm()), result.predicted_reduction)
+                            min(new_radius, cap), rho, float(result.step.norm()), result.predicted_reduction,
+                            non_finite)
             return info, trial
         with torch.no_grad():
             vector_to_parameters(start, params)
         at_floor, radius = radius <= config.min_radius, new_radius
         if at_floor or not retry:
             info = StepInfo(loss_value, loss_value, False, tries, cg_iterations, result.reason.value,
-                            radius, rho, 0.0, 0.0)
+                            radius, rho, 0.0, 0.0, non_finite)
             return info, loss
         if result.reason in (StopReason.CONVERGED, StopReason.MAX_ITER):
             # CG iterates grow in norm, so an interior step is the same for every radius

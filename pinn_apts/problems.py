@@ -1,8 +1,9 @@
 """PDE problems: domain, residual, initial/boundary data and exact solution.
 
 A problem is declared as data plus one residual function.  Points are ``(N, 2)``
-tensors whose columns are ``(t, x)``; for the stationary Laplace problem the
-columns are ``(y, x)`` and the edge ``y = 0`` plays the role of the initial set.
+tensors whose columns are ``(t, x)``; a steady (elliptic) problem sets ``steady = True``:
+its columns are ``(y, x)``, the edge ``y = lo`` is the set ``I`` and the other three edges
+form ``B`` (Laplace, and the Poisson example of the README).
 
 Define your own PDE by subclassing :class:`PDEProblem` and registering it::
 
@@ -17,24 +18,32 @@ Define your own PDE by subclassing :class:`PDEProblem` and registering it::
             self.c = check_finite("c", c)
 
         def residual(self, jet):
-            return jet.d(0) + self.c * jet.d(1)   # u_t + c u_x
+            return jet.d(0) + self.c * jet.d(1)   # u_t + c u_x; a source: jet.coordinate(i)
 
         def exact_solution(self, points):
             t, x = points[:, 0:1], points[:, 1:2]
             return torch.sin(2 * torch.pi * (x - self.c * t))
 
-``jet.d(i)`` / ``jet.d2(i, j)`` are derivatives with respect to input column ``i`` (0: t, 1: x).
+``jet.d(i)`` / ``jet.d2(i, j)`` are derivatives with respect to input column ``i`` (0: t, 1: x),
+``jet.coordinate(i)`` the column itself (for source terms: under batched replicas the points
+carry a leading replica dimension, so index them only through the jet).
 Initial and boundary targets default to the exact solution; override
 :meth:`PDEProblem.initial_values` / :meth:`PDEProblem.boundary_values` when a
 problem has none.
+
+A problem is stored in checkpoints as data, :meth:`PDEProblem.spec` (its class path and
+``__init__`` arguments), and rebuilt from it by :func:`resolve_problem`: checkpoints load with
+``torch.load(..., weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import math
 from abc import ABC, abstractmethod
-from typing import ClassVar, TypeVar
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch
@@ -53,8 +62,10 @@ __all__ = [
     "check_int",
     "check_positive",
     "get_problem",
+    "problem_from_spec",
     "register_problem",
     "resolve_problem",
+    "settings_differences",
 ]
 
 Bounds = tuple[tuple[float, float], tuple[float, float]]
@@ -73,6 +84,29 @@ def check_positive(name: str, value: float) -> float:
     value = check_finite(name, value)
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def settings_differences(
+    section: str, saved: Mapping[str, Any], current: Mapping[str, Any], skip: tuple[str, ...] = ()
+) -> list[str]:
+    """Lines ``"<section>.<key>: checkpoint <a>, this run <b>"`` for the keys both hold with other values.
+
+    Private keys (``_...``) and ``skip`` are left out; tuples and lists compare equal.
+    """
+    return [
+        f"{section}.{key}: checkpoint {saved[key]!r}, this run {current[key]!r}"
+        for key in current
+        if key in saved and not key.startswith("_") and key not in skip
+        and _plain(saved[key]) != _plain(current[key])
+    ]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
     return value
 
 
@@ -98,15 +132,55 @@ class PDEProblem(ABC):
     random from the rectangle; the initial set ``I`` is a uniform grid on
     ``t = lo0`` over the open interval ``(lo1, hi1)``; the boundary set ``B`` is a
     uniform grid in ``t`` on each of the edges ``x = lo1`` and ``x = hi1``.
+
+    A steady (elliptic) problem sets the class attribute ``steady = True``: its columns are
+    ``(y, x)``, ``I`` is the edge ``y = lo0`` (its term is logged as ``loss/initial``) and
+    ``B`` the three other edges ``y = hi0``, ``x = lo1`` and ``x = hi1``, so that every edge
+    carries Dirichlet data (``N_BC`` is then split over three edges).
+
     Subclasses set :attr:`name`, pass ``bounds`` and implement :meth:`residual`
-    and, where known, :meth:`exact_solution`.
+    and, where known, :meth:`exact_solution`.  The arguments a problem is built with are
+    recorded (:meth:`spec`), so that a checkpoint can store it as data.
     """
 
     name: ClassVar[str] = ""
     input_dim: ClassVar[int] = 2
     input_names: ClassVar[tuple[str, str]] = ("t", "x")
+    #: a steady problem: columns (y, x), Dirichlet data on all four edges (see the class docstring)
+    steady: ClassVar[bool] = False
     #: number of edges the boundary set is split over (``n_bc`` must be at least this)
     boundary_edges: ClassVar[int] = 2
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.steady:  # the steady defaults, unless the class sets its own
+            if "input_names" not in cls.__dict__:
+                cls.input_names = ("y", "x")
+            if "boundary_edges" not in cls.__dict__:
+                cls.boundary_edges = 3
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PDEProblem:
+        # Record the __init__ arguments (defaults filled in) for spec(); a call that does not
+        # bind is left to __init__ to refuse with Python's own message.
+        self = super().__new__(cls)
+        try:
+            bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
+        except TypeError:
+            self._init_args = None
+        else:
+            bound.apply_defaults()
+            arguments: dict[str, Any] = {}
+            for name, value in list(bound.arguments.items())[1:]:
+                kind = inspect.signature(cls.__init__).parameters[name].kind
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    arguments.update(value)
+                elif kind is inspect.Parameter.VAR_POSITIONAL:
+                    self._init_args = None  # positional varargs have no names to store
+                    return self
+                else:
+                    arguments[name] = value
+            self._init_args = arguments
+        return self
 
     def __init__(self, bounds: Bounds) -> None:
         (lo0, hi0), (lo1, hi1) = bounds
@@ -161,9 +235,25 @@ class PDEProblem(ABC):
         return torch.stack([torch.full_like(x, lo0), x], dim=1)
 
     def boundary_points(self, n: int) -> Tensor:
-        """``n`` points split over the edges ``x = lo1`` and ``x = hi1``, uniform in ``t``."""
+        """``n`` points split over the edges ``x = lo1`` and ``x = hi1``, uniform in ``t``.
+
+        For a steady problem: split over the edges ``y = hi0`` (uniform in ``x``), ``x = lo1``
+        and ``x = hi1`` (uniform in ``y``), each grid including its corners.
+        """
         n = check_int("n_bc", n, self.boundary_edges)
         (lo0, hi0), (lo1, hi1) = self.bounds
+        if self.steady:
+            n_far, n_low, n_high = _split(n, 3)
+            x_far = _uniform_grid(lo1, hi1, n_far, open_interval=False)
+            y_low = _uniform_grid(lo0, hi0, n_low, open_interval=False)
+            y_high = _uniform_grid(lo0, hi0, n_high, open_interval=False)
+            return torch.cat(
+                [
+                    torch.stack([torch.full_like(x_far, hi0), x_far], dim=1),
+                    torch.stack([y_low, torch.full_like(y_low, lo1)], dim=1),
+                    torch.stack([y_high, torch.full_like(y_high, hi1)], dim=1),
+                ]
+            )
         parts = []
         for edge_x, m in zip((lo1, hi1), _split(n, 2)):
             t = _uniform_grid(lo0, hi0, m, open_interval=False)
@@ -182,7 +272,29 @@ class PDEProblem(ABC):
 
     def coefficients(self) -> dict[str, float]:
         """The problem's coefficients (its ``__init__`` arguments) by name."""
-        return {}
+        return dict(getattr(self, "_init_args", None) or {})
+
+    def spec(self) -> dict[str, Any]:
+        """The problem as data: ``{"class_path": "module.Class", "init_args": {...}}``.
+
+        :func:`resolve_problem` rebuilds an equal problem from it; checkpoints and
+        hyper-parameter files store it instead of the object.
+        """
+        cls = type(self)
+        init_args = getattr(self, "_init_args", None)
+        if init_args is None:
+            raise TypeError(
+                f"{cls.__name__} cannot be stored as data: its __init__ takes positional varargs (*args); "
+                "give it named parameters"
+            )
+        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(init_args)}
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, PDEProblem):
+            return NotImplemented
+        return type(self) is type(other) and self._init_args == other._init_args
+
+    __hash__ = object.__hash__
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.coefficients().items())
@@ -230,13 +342,39 @@ def get_problem(name: str, **coefficients: float) -> PDEProblem:
         ) from err
 
 
-def resolve_problem(problem: PDEProblem | str) -> PDEProblem:
-    """Accept a problem instance or a registered name."""
+def problem_from_spec(spec: Mapping[str, Any]) -> PDEProblem:
+    """Rebuild a problem from :meth:`PDEProblem.spec` (``class_path`` and ``init_args``)."""
+    if "class_path" not in spec or not isinstance(spec["class_path"], str):
+        raise ValueError(f"a problem given as data needs a 'class_path' string, got {dict(spec)!r}")
+    extra = set(spec) - {"class_path", "init_args"}
+    if extra:
+        raise ValueError(f"a problem given as data has only 'class_path' and 'init_args', got also {sorted(extra)}")
+    path = spec["class_path"]
+    module_name, _, qualname = path.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ValueError(
+            f"cannot import the problem class {path!r}: {err} (is its module on the Python path?)"
+        ) from err
+    if not (isinstance(obj, type) and issubclass(obj, PDEProblem)):
+        raise TypeError(f"problem class_path {path!r} is not a PDEProblem subclass")
+    return obj(**dict(spec.get("init_args") or {}))
+
+
+def resolve_problem(problem: PDEProblem | str | Mapping[str, Any]) -> PDEProblem:
+    """Accept a problem instance, a registered name or a spec (:meth:`PDEProblem.spec`)."""
     if isinstance(problem, PDEProblem):
         return problem
     if isinstance(problem, str):
         return get_problem(problem)
-    raise TypeError(f"problem must be a PDEProblem or a registered name, got {type(problem).__name__}")
+    if isinstance(problem, Mapping):
+        return problem_from_spec(problem)
+    raise TypeError(
+        f"problem must be a PDEProblem, a registered name or a spec dict, got {type(problem).__name__}"
+    )
 
 
 # ------------------------------------------------------------------ problems
@@ -313,15 +451,14 @@ class Burgers(PDEProblem):
 
 @register_problem
 class Laplace(PDEProblem):
-    r"""Laplace :math:`u_{xx} + u_{yy} = 0` on :math:`[0, 1]^2`, columns ``(y, x)``.
+    r"""Laplace :math:`u_{xx} + u_{yy} = 0` on :math:`[0, 1]^2`, columns ``(y, x)`` (a steady problem).
 
     Dirichlet data from the exact :math:`u = \sin(\pi x) \sinh(\pi y) / \sinh(\pi)`.  The edge
     ``y = 0`` is the initial set ``I``; the edges ``y = 1``, ``x = 0`` and ``x = 1`` form ``B``.
     """
 
     name = "laplace"
-    input_names = ("y", "x")
-    boundary_edges = 3
+    steady = True
 
     def __init__(self) -> None:
         super().__init__(bounds=((0.0, 1.0), (0.0, 1.0)))
@@ -332,18 +469,3 @@ class Laplace(PDEProblem):
     def exact_solution(self, points: Tensor) -> Tensor:
         y, x = points[:, 0:1], points[:, 1:2]
         return torch.sin(math.pi * x) * torch.sinh(math.pi * y) / math.sinh(math.pi)
-
-    def boundary_points(self, n: int) -> Tensor:
-        """``n`` points split over the edges ``y = 1``, ``x = 0`` and ``x = 1``."""
-        n = check_int("n_bc", n, self.boundary_edges)
-        n_top, n_left, n_right = _split(n, 3)
-        x_top = _uniform_grid(0.0, 1.0, n_top, open_interval=False)
-        y_left = _uniform_grid(0.0, 1.0, n_left, open_interval=False)
-        y_right = _uniform_grid(0.0, 1.0, n_right, open_interval=False)
-        return torch.cat(
-            [
-                torch.stack([torch.ones_like(x_top), x_top], dim=1),
-                torch.stack([y_left, torch.zeros_like(y_left)], dim=1),
-                torch.stack([y_right, torch.ones_like(y_right)], dim=1),
-            ]
-        )

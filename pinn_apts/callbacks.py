@@ -1,0 +1,131 @@
+"""Lightning callbacks every PINN module brings along (:meth:`PINNModule.configure_callbacks`).
+
+- :class:`GracefulStop`: Ctrl-C or SIGTERM stops the run at the end of the outer iteration in
+  progress, so that ``last.ckpt`` and the error figure hold the last finished iteration and the
+  run can be resumed exactly; a second signal aborts at once.
+- :class:`RunReport`: says where the run's logs and checkpoints go, and the TensorBoard
+  command, when ``fit`` starts and ends.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+__all__ = ["GracefulStop", "RunReport", "last_checkpoint_paths"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def last_checkpoint_paths(trainer: L.Trainer) -> list[Path]:
+    """``last.ckpt`` of every :class:`ModelCheckpoint` of ``trainer`` that keeps one."""
+    return [
+        Path(cb.format_checkpoint_name({}, cb.CHECKPOINT_NAME_LAST))
+        for cb in trainer.checkpoint_callbacks
+        if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath is not None
+    ]
+
+
+class GracefulStop(Callback):
+    """Stop at the end of the current outer iteration on SIGINT or SIGTERM.
+
+    The first signal is noted and training stops once the outer iteration in progress has
+    finished (an iteration interrupted half-way would leave parameters that belong to no
+    iteration); the run then ends as a finished one does: ``on_train_end`` hooks run (the
+    error figure) and ``last.ckpt`` is written for the last finished iteration.  A second
+    signal aborts at once.  Under DDP the ranks agree on the iteration to stop at (one
+    boolean all-reduce per iteration).  At the end of every run, interrupted or not, each
+    checkpoint callback with ``save_last`` gets a ``last.ckpt`` of the final iteration
+    (Lightning's own writes it only if none was written before).
+
+    ``signal`` holds the number of the signal that stopped the run (``None`` if none did);
+    the ``pinn-apts`` command exits with ``128 + signal`` then.
+    """
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self.stopped = False
+        self._previous: dict[int, Any] = {}
+
+    # ------------------------------------------------------------- signals
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signal is not None:
+            self._restore()
+            raise KeyboardInterrupt
+        self.signal = signum
+        rank_zero_info(
+            f"\npinn-apts: {signal.Signals(signum).name} received: stopping after the current outer iteration "
+            "and saving last.ckpt (send it again to abort at once)"
+        )
+
+    def _restore(self) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    # ---------------------------------------------------------------- hooks
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.signal, self.stopped = None, False
+        if threading.current_thread() is threading.main_thread():
+            # installed after Lightning's own SIGTERM handler (registered before the loop starts)
+            self._previous = {s: signal.signal(s, self._handle) for s in _SIGNALS}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        stop = self.signal is not None
+        if trainer.world_size > 1:
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self.stopped = True
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._restore()
+        for path in last_checkpoint_paths(trainer):
+            trainer.save_checkpoint(path, weights_only=False)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._restore()
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._restore()
+
+
+class RunReport(Callback):
+    """Say where the run writes (logs, TensorBoard command, checkpoints) at the start and end of ``fit``."""
+
+    def _where(self, trainer: L.Trainer) -> list[str]:
+        lines = []
+        if trainer.loggers:
+            run_dir = trainer.log_dir  # a collective under DDP: every rank asks
+            lines.append(f"run folder {run_dir}")
+            roots = {
+                str(Path(logger.root_dir)) for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)
+            }
+            lines += [f"curves: tensorboard --logdir {root}" for root in sorted(roots)]
+        lines += [f"checkpoint {path}" for path in last_checkpoint_paths(trainer)]
+        return lines
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        lines = self._where(trainer)
+        if lines:
+            rank_zero_info("pinn-apts: " + "\n  ".join(lines))
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        lines = self._where(trainer)
+        stop = next((cb for cb in trainer.callbacks if isinstance(cb, GracefulStop) and cb.stopped), None)
+        how = "stopped by a signal" if stop is not None else "finished"
+        if trainer.loggers:
+            figure = Path(trainer.log_dir) / "error.png"
+            if figure.exists():
+                lines.append(f"error figure {figure}")
+        rank_zero_info(f"pinn-apts: {how} after {trainer.global_step} outer iterations" +
+                       "".join(f"\n  {line}" for line in lines))
