@@ -122,7 +122,9 @@ class RunReport(Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         lines = self._where(trainer)
         stop = next((cb for cb in trainer.callbacks if isinstance(cb, GracefulStop) and cb.stopped), None)
-        how = "stopped by a signal" if stop is not None else "finished"
+        how = "finished"
+        if stop is not None:
+            how = f"stopped by {signal.Signals(stop.signal).name}" if stop.signal else "stopped by a signal"
         if trainer.loggers:
             figure = Path(trainer.log_dir) / "error.png"
             if figure.exists():

@@ -7,7 +7,8 @@ with overrides such as ``--trainer.max_steps 200``; ``pinn-apts fit
 
 Exit status of the console script (:func:`main`): 0 after a finished run; ``128 + N`` after
 a run stopped by signal ``N`` (130 for Ctrl-C, 143 for SIGTERM; ``last.ckpt`` then holds the
-last finished outer iteration); 2 after bad input and 1 after a non-finite loss, each with
+last finished outer iteration); 2 after bad input (a missing file included) and 1 after a
+non-finite loss, each with
 the message as the last line (``PINN_APTS_TRACEBACK=1`` shows the traceback instead).
 """
 
@@ -104,7 +105,7 @@ def main(args: list[str] | None = None) -> int:
         sys.path.insert(0, cwd)
     try:
         cli = cli_main(args)
-    except (ValueError, TypeError, FloatingPointError) as err:
+    except (ValueError, TypeError, FloatingPointError, FileNotFoundError) as err:
         if os.environ.get("PINN_APTS_TRACEBACK"):
             raise
         sys.stderr.write(f"pinn-apts: error: {_user_message(err)}\n")

@@ -217,7 +217,7 @@ class PINNModule(L.LightningModule):
         mine = _class_path(type(self))
         if saved_module is not None and saved_module != mine:
             raise ValueError(
-                f"the checkpoint holds a {saved_module.rpartition('.')[2]} run and this run's model is "
+                f"the checkpoint was made by {saved_module.rpartition('.')[2]} and this run's model is "
                 f"{mine.rpartition('.')[2]}: {hint}"
             )
         saved = checkpoint.get("hyper_parameters", {})
