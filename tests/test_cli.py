@@ -1,4 +1,5 @@
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -89,3 +90,107 @@ def test_threads_option(tmp_path):
     assert torch.get_num_threads() == 1  # the default
     with pytest.raises(ValueError, match="threads must be an integer >= 1, got 0"):
         cli_main(["fit", *quiet(tmp_path, "--trainer.max_steps=1", "--threads=0")])
+
+
+# ---------------------------------------------------------------- the console script, as a user runs it
+console = pytest.mark.skipif(shutil.which("pinn-apts") is None, reason="console script not installed")
+SMALL = ["--data.early_sizes=[200, 60, 20]", "--data.late_sizes=[200, 30, 30]", "--data.seed=1"]
+
+SIGNAL_AT = '''
+import os
+import signal
+from lightning.pytorch.callbacks import Callback
+
+
+class SignalAt(Callback):
+    """Send signal `signum` to this process when outer iteration `iteration` starts."""
+
+    def __init__(self, iteration: int, signum: int) -> None:
+        self.iteration, self.signum = iteration, signum
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.iteration:
+            os.kill(os.getpid(), self.signum)
+'''
+
+
+def run_console(cwd, *args):
+    """``pinn-apts fit ...`` in ``cwd``, without PYTHONPATH, as a new user would run it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PINN_APTS_TRACEBACK")}
+    return subprocess.run(["pinn-apts", "fit", "--trainer.enable_progress_bar=false",
+                           "--trainer.enable_model_summary=false", *args],
+                          capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def last_line(proc):
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def run_state(path):
+    state = torch.load(path, weights_only=True)  # checkpoints hold data only
+    return state["global_step"], state["state_dict"], state["optimizer_states"][0]["state"]
+
+
+@console
+def test_console_script_exits_0_and_says_where_the_run_went(tmp_path):
+    proc = run_console(tmp_path, "--config", str(REPO_CONFIGS / "heat_adam.yaml"), "--trainer.max_steps=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_dir = tmp_path / "lightning_logs" / "version_0"
+    assert f"run folder {run_dir}" in proc.stderr
+    assert f"tensorboard --logdir {tmp_path / 'lightning_logs'}" in proc.stderr
+    assert "finished after 3 outer iterations" in proc.stderr and f"error figure {run_dir / 'error.png'}" in proc.stderr
+    assert "PINNCLI object" not in proc.stdout + proc.stderr
+
+
+@console
+def test_console_script_signal_then_resume_equals_the_uninterrupted_run_bit_for_bit(tmp_path):
+    (tmp_path / "signal_at.py").write_text(SIGNAL_AT)  # found in the working directory, no PYTHONPATH
+    checkpoint = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+                  "init_args": {"save_last": True, "save_top_k": 0, "every_n_train_steps": 100}}
+    stopper = {"class_path": "signal_at.SignalAt", "init_args": {"iteration": 4, "signum": int(signal.SIGINT)}}
+    (tmp_path / "plain.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [checkpoint]}}))
+    (tmp_path / "stopped.yaml").write_text(yaml.safe_dump({"trainer": {"callbacks": [checkpoint, stopper]}}))
+    common = [*SMALL, "--trainer.max_steps=10"]
+
+    straight = run_console(tmp_path, *common, "--config", "plain.yaml")
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    stopped = run_console(tmp_path, *common, "--config", "stopped.yaml")
+    assert stopped.returncode == 130, stopped.stderr[-3000:]  # 128 + SIGINT
+    assert "stopped by SIGINT after 5 outer iterations" in stopped.stderr
+    ckpt = tmp_path / "lightning_logs" / "version_1" / "checkpoints" / "last.ckpt"
+    assert run_state(ckpt)[0] == 5 and (ckpt.parents[1] / "error.png").exists()
+    resumed = run_console(tmp_path, *common, "--config", "plain.yaml", f"--ckpt_path={ckpt}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    step_a, weights_a, optim_a = run_state(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    step_b, weights_b, optim_b = run_state(tmp_path / "lightning_logs" / "version_2" / "checkpoints" / "last.ckpt")
+    assert step_a == step_b == 10
+    assert weights_a.keys() == weights_b.keys() and all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    untimed = lambda record: {k: v for k, v in record.items() if not k.endswith("_seconds")}
+    assert {k: v for k, v in optim_a["apts"].items() if k != "last"} == {k: v for k, v in optim_b["apts"].items() if k != "last"}
+    assert untimed(optim_a["apts"]["last"]) == untimed(optim_b["apts"]["last"])  # the last iteration's record
+
+
+@console
+def test_console_script_refuses_bad_input_with_the_message_last(tmp_path):
+    heat = run_console(tmp_path, "--config", str(REPO_CONFIGS / "heat_adam.yaml"), "--trainer.max_steps=1")
+    assert heat.returncode == 0, heat.stderr[-3000:]
+    heat_ckpt = str(tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt")
+    cases = [
+        (["--model.init_args.num_subdomains=0"], "num_subdomains must be an integer >= 1, got 0"),
+        (["--data.seed=-1"], "seed must be an integer >= 0, got -1"),
+        (["--trainer.precision=16-mixed"], "trainer.precision must be '64-true' (the default) or '32-true'"),
+        (["--data.total_iterations=2"], "data.total_iterations (2) must be at least trainer.max_steps (3)"),
+        (["--data.problem=heat", f"--ckpt_path={heat_ckpt}"],
+         "the checkpoint was made by AdamPINN and this run's model is APTSPINN"),
+        (["--config", str(REPO_CONFIGS / "burgers_adam.yaml"), f"--ckpt_path={heat_ckpt}"],
+         "model.problem: checkpoint {'class_path': 'pinn_apts.problems.Heat'"),
+    ]
+    for args, message in cases:
+        proc = run_console(tmp_path, *SMALL, "--trainer.max_steps=3", *args)
+        assert proc.returncode == 2, (args, proc.stderr[-3000:])
+        assert "Traceback" not in proc.stderr, args
+        lines = proc.stderr[proc.stderr.index("pinn-apts: error:"):]
+        assert message in lines, (args, lines)
+        assert last_line(proc).startswith(("pinn-apts: error:", "  model.")), (args, last_line(proc))
+    assert not (tmp_path / "lightning_logs" / "version_1" / "checkpoints").exists()  # nothing was trained
