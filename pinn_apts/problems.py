@@ -294,7 +294,8 @@ class PDEProblem(ABC):
             return NotImplemented
         return type(self) is type(other) and self._init_args == other._init_args
 
-    __hash__ = object.__hash__
+    def __hash__(self) -> int:
+        return hash(type(self))  # equal problems have the same type; their arguments may not be hashable
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.coefficients().items())
