@@ -20,13 +20,11 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .optim import trust_region_step
-from .trust_region import StopReason, TrustRegionConfig
+from .trust_region import StopReason, TrustRegionConfig, reduction_ratio, stacked_steihaug_cg, update_radius
 
 __all__ = [
-    "BatchedCGResult",
     "LocalSolveResult",
     "batched_local_solves",
-    "batched_steihaug_cg",
     "local_solves",
 ]
 
@@ -90,126 +88,6 @@ def local_solves(
     return result
 
 
-_REASONS = list(StopReason)
-_CODE = {reason: code for code, reason in enumerate(_REASONS)}
-_RUNNING = -1
-
-
-class BatchedCGResult:
-    """Per-replica steps ``(D, P)``, predicted reductions ``(D,)``, iterations ``(D,)`` and stop reasons."""
-
-    def __init__(self, step: Tensor, predicted_reduction: Tensor, iterations: Tensor, codes: Tensor) -> None:
-        self.step, self.predicted_reduction, self.iterations, self._codes = step, predicted_reduction, iterations, codes
-
-    @property
-    def reasons(self) -> list[StopReason]:
-        return [_REASONS[int(c)] for c in self._codes]
-
-    @property
-    def hits_boundary(self) -> Tensor:
-        return (self._codes == _CODE[StopReason.BOUNDARY]) | (self._codes == _CODE[StopReason.NEGATIVE_CURVATURE])
-
-    @property
-    def non_finite(self) -> Tensor:
-        return self._codes == _CODE[StopReason.NON_FINITE]
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return (a * b).sum(dim=1)
-
-
-def _boundary_roots(z: Tensor, d: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
-    """Row-wise :func:`~pinn_apts.trust_region.boundary_step`: roots ``tau_neg <= 0 <= tau_pos``."""
-    a, b = _dot(d, d), _dot(z, d)
-    c = torch.clamp(_dot(z, z) - radius * radius, max=0.0)
-    disc = torch.sqrt(torch.clamp(b * b - a * c, min=0.0))
-    q = -(b + torch.copysign(disc, b))
-    safe_q = torch.where(q == 0, torch.ones_like(q), q)
-    r1, r2 = q / a, c / safe_q
-    symmetric = radius / torch.sqrt(a)
-    low = torch.where(q == 0, -symmetric, torch.minimum(r1, r2))
-    high = torch.where(q == 0, symmetric, torch.maximum(r1, r2))
-    return low, high
-
-
-def batched_steihaug_cg(
-    grad: Tensor,
-    hvp: Callable[[Tensor], Tensor],
-    radius: Tensor,
-    *,
-    max_iter: int = 12,
-    damping: float = 1e-3,
-    rtol: float | None = None,
-) -> BatchedCGResult:
-    """:func:`~pinn_apts.trust_region.steihaug_cg` for ``D`` independent subproblems at once.
-
-    ``grad`` is ``(D, P)``, ``hvp`` maps ``(D, P) -> (D, P)`` row by row, ``radius`` is ``(D,)``.
-    A replica that has stopped keeps its result while the others go on.
-    """
-    n = grad.shape[0]
-    z = torch.zeros_like(grad)
-    r = grad.clone()
-    rr = _dot(r, r)
-    g_norm = torch.sqrt(rr)
-    factor = torch.full_like(g_norm, rtol) if rtol is not None else torch.clamp(torch.sqrt(g_norm), max=0.5)
-    tol = factor * g_norm
-    d = -r
-    codes = torch.full((n,), _RUNNING, dtype=torch.long, device=grad.device)
-    codes[g_norm == 0] = _CODE[StopReason.CONVERGED]
-    iterations = torch.zeros(n, dtype=torch.long, device=grad.device)
-    step = torch.zeros_like(grad)
-    bstep = torch.zeros_like(grad)  # B step, for the model value
-
-    def finish(mask: Tensor, s: Tensor, bs: Tensor, reason: StopReason) -> None:
-        mask = mask & (codes == _RUNNING)
-        step[mask], bstep[mask] = s[mask], bs[mask]
-        codes[mask] = _CODE[reason]
-
-    for it in range(1, max_iter + 1):
-        running = codes == _RUNNING
-        if not running.any():
-            break
-        iterations[running] = it
-        bd = hvp(d)
-        if damping:
-            bd = bd + damping * d
-        bz = r - grad
-        finite = torch.isfinite(bd).all(dim=1)
-        finish(~finite, z, bz, StopReason.NON_FINITE)
-        bd = torch.where(finite.unsqueeze(1), bd, torch.zeros_like(bd))
-        dbd = _dot(d, bd)
-        negative = dbd <= 0
-        if (negative & (codes == _RUNNING)).any():
-            low, high = _boundary_roots(z, d, radius)
-            candidates = []
-            for tau in (low, high):
-                s = z + tau.unsqueeze(1) * d
-                bs = bz + tau.unsqueeze(1) * bd
-                candidates.append((s, bs, _dot(grad, s) + 0.5 * _dot(s, bs)))
-            take_low = (candidates[0][2] <= candidates[1][2]).unsqueeze(1)
-            s = torch.where(take_low, candidates[0][0], candidates[1][0])
-            bs = torch.where(take_low, candidates[0][1], candidates[1][1])
-            finish(negative, s, bs, StopReason.NEGATIVE_CURVATURE)
-        alpha = rr / torch.where(negative, torch.ones_like(dbd), dbd)
-        z_next = z + alpha.unsqueeze(1) * d
-        leaving = torch.sqrt(_dot(z_next, z_next)) >= radius
-        if (leaving & (codes == _RUNNING)).any():
-            _, high = _boundary_roots(z, d, radius)
-            s = z + high.unsqueeze(1) * d
-            bs = bz + high.unsqueeze(1) * bd
-            finish(leaving, s, bs, StopReason.BOUNDARY)
-        running = (codes == _RUNNING).unsqueeze(1)
-        z = torch.where(running, z_next, z)
-        r = torch.where(running, r + alpha.unsqueeze(1) * bd, r)
-        rr_next = _dot(r, r)
-        finish(torch.sqrt(rr_next) <= tol, z, r - grad, StopReason.CONVERGED)
-        d = torch.where(running, -r + (rr_next / rr).unsqueeze(1) * d, d)
-        rr = torch.where(running.squeeze(1), rr_next, rr)
-    finish(torch.ones(n, dtype=torch.bool, device=grad.device), z, r - grad, StopReason.MAX_ITER)
-    predicted = -(_dot(grad, step) + 0.5 * _dot(step, bstep))
-    return BatchedCGResult(step, predicted, iterations, codes)
-
-
 def batched_local_solves(
     params: Sequence[Tensor],
     batched_local_loss: Callable[[list[Tensor]], Tensor],
@@ -266,19 +144,13 @@ def batched_local_solves(
             products = torch.autograd.grad(flat_grad_graph, stacked, grad_outputs=v, retain_graph=True)
             return torch.cat([h.reshape(num, -1) for h in products], dim=1)
 
-        cg = batched_steihaug_cg(flat_grad, hvp, radii, max_iter=config.cg_max_iter,
+        cg = stacked_steihaug_cg(flat_grad, hvp, radii, max_iter=config.cg_max_iter,
                                  damping=config.damping, rtol=config.cg_rtol)
         trial_values, _ = losses_at(current + cg.step, graph=False)
-        actual = loss_values - trial_values.detach()
         pred = cg.predicted_reduction
-        # reduction_ratio and update_radius, row by row
-        valid = torch.isfinite(actual) & torch.isfinite(pred) & (pred > 0) & ~cg.non_finite
-        rho = torch.where(valid, actual / torch.where(valid, pred, torch.ones_like(pred)),
-                          torch.full_like(pred, -math.inf))
-        accept = rho >= config.eta1
-        grow = (rho >= config.eta2) & cg.hits_boundary
-        radii = torch.where(accept, torch.where(grow, radii * config.grow, radii), radii * config.shrink)
-        radii = radii.clamp(min=config.min_radius, max=config.max_radius)
+        # as trust_region_step does for one subproblem: a non-finite product rejects the step
+        rho = torch.where(cg.non_finite, -math.inf, reduction_ratio(loss_values - trial_values.detach(), pred))
+        accept, radii = update_radius(radii, rho, cg.hits_boundary, config)
         radii = torch.where(accept, radii.clamp(max=local_cap), radii).clamp(min=config.min_radius)
         current = torch.where(accept.unsqueeze(1), current + cg.step, current)
         result.local_steps += num
@@ -290,6 +162,6 @@ def batched_local_solves(
             result.reasons[reason.value] = result.reasons.get(reason.value, 0) + 1
     corrections = current - theta
     result.correction_sum = corrections.sum(dim=0)
-    norms = torch.sqrt(_dot(corrections, corrections)).tolist()
+    norms = torch.linalg.vector_norm(corrections, dim=1).tolist()
     result.correction_norms = dict(zip(replicas, norms))
     return result

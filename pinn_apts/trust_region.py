@@ -26,11 +26,14 @@ from torch import Tensor
 
 __all__ = [
     "CGResult",
+    "StackedCGResult",
     "StopReason",
     "TrustRegionConfig",
     "boundary_step",
     "flat_hvp",
     "reduction_ratio",
+    "stacked_boundary_roots",
+    "stacked_steihaug_cg",
     "steihaug_cg",
     "update_radius",
 ]
@@ -130,22 +133,149 @@ class TrustRegionConfig:
                       math.isfinite(radius) and self.min_radius <= radius <= self.max_radius)
 
 
-def boundary_step(z: Tensor, d: Tensor, radius: float) -> tuple[float, float]:
-    """Both roots ``tau_neg <= 0 <= tau_pos`` of ``|z + tau d| = radius`` (with ``|z| <= radius``).
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot products of ``(R, P)`` tensors, ``(R,)``."""
+    return torch.linalg.vecdot(a, b)
 
-    Uses the cancellation-free form ``q = -(b + sign(b) sqrt(b^2 - a c))``,
-    ``tau = q / a`` and ``c / q``, for ``a = d.d``, ``b = z.d``, ``c = z.z - radius^2``.
+
+def stacked_boundary_roots(z: Tensor, d: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
+    """Row by row, both roots ``tau_neg <= 0 <= tau_pos`` of ``|z + tau d| = radius`` (with ``|z| <= radius``).
+
+    ``z`` and ``d`` are ``(R, P)``, ``radius`` ``(R,)``.  Uses the cancellation-free form
+    ``q = -(b + sign(b) sqrt(b^2 - a c))``, ``tau = q / a`` and ``c / q``, for ``a = d.d``,
+    ``b = z.d``, ``c = z.z - radius^2`` (``z = 0``, ``b = 0``: the symmetric roots).
     """
-    a = float(d @ d)
-    b = float(z @ d)
-    c = min(float(z @ z) - radius * radius, 0.0)
-    disc = math.sqrt(max(b * b - a * c, 0.0))
-    q = -(b + math.copysign(disc, b))
-    if q == 0.0:  # z = 0 and b = 0: symmetric roots
-        tau = radius / math.sqrt(a)
-        return -tau, tau
-    roots = sorted((q / a, c / q))
-    return roots[0], roots[1]
+    a, b = _dot(d, d), _dot(z, d)
+    c = torch.clamp(_dot(z, z) - radius * radius, max=0.0)
+    disc = torch.sqrt(torch.clamp(b * b - a * c, min=0.0))
+    q = -(b + torch.copysign(disc, b))
+    symmetric = q == 0
+    r1, r2 = q / a, c / torch.where(symmetric, torch.ones_like(q), q)
+    tau = radius / torch.sqrt(a)
+    return torch.where(symmetric, -tau, torch.minimum(r1, r2)), torch.where(symmetric, tau, torch.maximum(r1, r2))
+
+
+def boundary_step(z: Tensor, d: Tensor, radius: float) -> tuple[float, float]:
+    """One subproblem's :func:`stacked_boundary_roots`, as floats."""
+    low, high = stacked_boundary_roots(z.unsqueeze(0), d.unsqueeze(0), z.new_full((1,), float(radius)))
+    return float(low[0]), float(high[0])
+
+
+_REASONS = list(StopReason)
+_CODE = {reason: code for code, reason in enumerate(_REASONS)}
+_RUNNING = -1
+
+
+@dataclass(frozen=True)
+class StackedCGResult:
+    """Result of :func:`stacked_steihaug_cg` for ``R`` subproblems: all tensors, no host read.
+
+    ``step`` is ``(R, P)``; ``predicted_reduction``, ``iterations`` and ``codes`` are ``(R,)``
+    (``codes`` index :class:`StopReason` in its order of definition).
+    """
+
+    step: Tensor
+    predicted_reduction: Tensor
+    iterations: Tensor
+    codes: Tensor
+
+    @property
+    def reasons(self) -> list[StopReason]:
+        return [_REASONS[int(c)] for c in self.codes.tolist()]
+
+    @property
+    def hits_boundary(self) -> Tensor:
+        return (self.codes == _CODE[StopReason.BOUNDARY]) | (self.codes == _CODE[StopReason.NEGATIVE_CURVATURE])
+
+    @property
+    def non_finite(self) -> Tensor:
+        return self.codes == _CODE[StopReason.NON_FINITE]
+
+    def row(self, i: int) -> CGResult:
+        """Subproblem ``i`` as a :class:`CGResult` (reads its scalars back to the host)."""
+        return CGResult(self.step[i], float(self.predicted_reduction[i]), int(self.iterations[i]),
+                        _REASONS[int(self.codes[i])])
+
+
+def stacked_steihaug_cg(
+    grad: Tensor,
+    hvp: Callable[[Tensor], Tensor],
+    radius: Tensor,
+    *,
+    max_iter: int = 12,
+    damping: float = 1e-3,
+    rtol: float | None = None,
+    early_exit: bool = True,
+) -> StackedCGResult:
+    """Approximately minimize ``g_i^T s + 1/2 s^T (H_i + damping I) s`` subject to ``|s| <= radius_i``
+    for ``R`` independent subproblems at once (the rows of ``grad``, ``(R, P)``).
+
+    Steihaug's truncated conjugate gradients (Nocedal & Wright, Algorithm 7.2) on Hessian-vector
+    products: ``hvp`` maps ``(R, P)`` directions to their products row by row, ``radius`` is
+    ``(R,)``.  Row ``i`` stops inside its region when its residual ``|r| <= tol`` (``tol = rtol
+    |g|``, or the forcing term ``min(0.5, sqrt(|g|)) |g|`` when ``rtol`` is None) or after
+    ``max_iter`` iterations; on the boundary when its next iterate would leave the region, or
+    when ``d^T B d <= 0`` (then the boundary point along ``d`` with the lower model value); and
+    with :attr:`StopReason.NON_FINITE` when a product is not finite.  A row that has stopped keeps
+    its result (masked) while the others go on, so rows may stop at different iterations.
+
+    Nothing is read back to the host inside the loop but, with ``early_exit`` (default), one
+    boolean per iteration to stop once every row has; ``early_exit=False`` always runs
+    ``max_iter`` iterations and reads nothing (for graph capture).  The model value comes from
+    the residual ``r = g + B z`` (``B s`` is kept for the returned step), so it costs no product.
+    """
+    z = torch.zeros_like(grad)
+    r = grad.clone()
+    rr = _dot(r, r)
+    g_norm = torch.sqrt(rr)
+    factor = torch.full_like(g_norm, rtol) if rtol is not None else torch.clamp(torch.sqrt(g_norm), max=0.5)
+    tol = factor * g_norm
+    d = -r
+    codes = torch.where(g_norm == 0, _CODE[StopReason.CONVERGED], torch.full_like(g_norm, _RUNNING, dtype=torch.long))
+    iterations = torch.zeros_like(codes)
+    step, bstep = torch.zeros_like(grad), torch.zeros_like(grad)  # the result and B times it
+
+    def finish(mask: Tensor, s: Tensor, bs: Tensor, reason: StopReason) -> None:
+        nonlocal step, bstep, codes
+        mask = mask & (codes == _RUNNING)
+        step = torch.where(mask.unsqueeze(1), s, step)
+        bstep = torch.where(mask.unsqueeze(1), bs, bstep)
+        codes = torch.where(mask, _CODE[reason], codes)
+
+    for it in range(1, max_iter + 1):
+        running = codes == _RUNNING
+        if early_exit and not bool(running.any()):
+            break
+        iterations = torch.where(running, it, iterations)
+        bd = hvp(d)
+        if damping:
+            bd = bd + damping * d
+        bz = r - grad
+        finite = torch.isfinite(bd).all(dim=1)
+        finish(~finite, z, bz, StopReason.NON_FINITE)
+        bd = torch.where(finite.unsqueeze(1), bd, torch.zeros_like(bd))
+        dbd = _dot(d, bd)
+        negative = dbd <= 0
+        low, high = stacked_boundary_roots(z, d, radius)
+        s_low, s_high = z + low.unsqueeze(1) * d, z + high.unsqueeze(1) * d
+        bs_low, bs_high = bz + low.unsqueeze(1) * bd, bz + high.unsqueeze(1) * bd
+        take_low = ((_dot(grad, s_low) + 0.5 * _dot(s_low, bs_low))
+                    <= (_dot(grad, s_high) + 0.5 * _dot(s_high, bs_high))).unsqueeze(1)
+        finish(negative, torch.where(take_low, s_low, s_high), torch.where(take_low, bs_low, bs_high),
+               StopReason.NEGATIVE_CURVATURE)
+        alpha = rr / torch.where(negative, torch.ones_like(dbd), dbd)
+        z_next = z + alpha.unsqueeze(1) * d
+        finish(torch.sqrt(_dot(z_next, z_next)) >= radius, s_high, bs_high, StopReason.BOUNDARY)
+        running = codes == _RUNNING
+        z = torch.where(running.unsqueeze(1), z_next, z)
+        r = torch.where(running.unsqueeze(1), r + alpha.unsqueeze(1) * bd, r)
+        rr_next = _dot(r, r)
+        finish(torch.sqrt(rr_next) <= tol, z, r - grad, StopReason.CONVERGED)
+        d = torch.where(running.unsqueeze(1), -r + (rr_next / rr).unsqueeze(1) * d, d)
+        rr = torch.where(running, rr_next, rr)
+    finish(torch.ones_like(codes, dtype=torch.bool), z, r - grad, StopReason.MAX_ITER)
+    predicted = -(_dot(grad, step) + 0.5 * _dot(step, bstep))
+    return StackedCGResult(step, predicted, iterations, codes)
 
 
 def steihaug_cg(
@@ -159,69 +289,35 @@ def steihaug_cg(
 ) -> CGResult:
     """Approximately minimize ``g^T s + 1/2 s^T (H + damping I) s`` subject to ``|s| <= radius``.
 
-    Steihaug's truncated conjugate gradients (Nocedal & Wright, Algorithm 7.2) on
-    Hessian-vector products ``hvp(v) = H v``.  Stops inside the region when the residual
-    ``|r| <= tol`` (``tol = rtol |g|``, or ``min(0.5, sqrt(|g|)) |g|`` when ``rtol`` is None)
-    or after ``max_iter`` iterations; stops on the boundary when the next iterate would
-    leave the region or when ``d^T B d <= 0`` (then the boundary point along ``d`` with the
-    lower model value).  The model value is tracked through the residual ``r = g + B z``,
-    so ``m(z) = (g^T z + r^T z) / 2`` costs no extra product.
+    The one-subproblem view of :func:`stacked_steihaug_cg` (``R = 1``): ``grad`` is ``(P,)`` and
+    ``hvp(v) = H v`` maps ``(P,)`` to ``(P,)``; the stopping rules are that function's.
     """
     if not radius > 0:
         raise ValueError(f"radius must be positive, got {radius}")
-    z = torch.zeros_like(grad)
-    r = grad.clone()
-    g_norm = float(grad.norm())
-    if g_norm == 0.0:
-        return CGResult(z, 0.0, 0, StopReason.CONVERGED)
-    tol = (rtol if rtol is not None else min(0.5, math.sqrt(g_norm))) * g_norm
-    d = -r
-    rr = g_norm * g_norm
-
-    def model(s: Tensor, bs: Tensor) -> float:
-        return float(grad @ s + 0.5 * (s @ bs))
-
-    for iteration in range(1, max_iter + 1):
-        bd = hvp(d)
-        if damping:
-            bd = bd + damping * d
-        if not torch.isfinite(bd).all():
-            return CGResult(z, -model(z, r - grad), iteration, StopReason.NON_FINITE)
-        dbd = float(d @ bd)
-        if dbd <= 0:
-            bz = r - grad
-            tau_neg, tau_pos = boundary_step(z, d, radius)
-            candidates = [(z + tau * d, bz + tau * bd) for tau in (tau_neg, tau_pos)]
-            values = [model(s, bs) for s, bs in candidates]
-            best = min(range(2), key=values.__getitem__)
-            return CGResult(candidates[best][0], -values[best], iteration, StopReason.NEGATIVE_CURVATURE)
-        alpha = rr / dbd
-        z_next = z + alpha * d
-        if float(z_next.norm()) >= radius:
-            _, tau = boundary_step(z, d, radius)
-            s, bs = z + tau * d, (r - grad) + tau * bd
-            return CGResult(s, -model(s, bs), iteration, StopReason.BOUNDARY)
-        z = z_next
-        r = r + alpha * bd
-        rr_next = float(r @ r)
-        if math.sqrt(rr_next) <= tol:
-            return CGResult(z, -model(z, r - grad), iteration, StopReason.CONVERGED)
-        d = -r + (rr_next / rr) * d
-        rr = rr_next
-    return CGResult(z, -model(z, r - grad), max_iter, StopReason.MAX_ITER)
+    result = stacked_steihaug_cg(
+        grad.unsqueeze(0), lambda v: hvp(v[0]).unsqueeze(0), grad.new_full((1,), float(radius)),
+        max_iter=max_iter, damping=damping, rtol=rtol,
+    )
+    return result.row(0)
 
 
-def reduction_ratio(actual: float, predicted: float) -> float:
+def reduction_ratio(actual: float | Tensor, predicted: float | Tensor) -> float | Tensor:
     """``rho = actual / predicted``; ``-inf`` (reject) for a non-finite or non-positive case.
 
     A non-finite trial loss gives a non-finite ``actual`` and is rejected like any bad step.
+    Floats give a float; tensors (one entry per subproblem) give a tensor.
     """
-    if not (math.isfinite(actual) and math.isfinite(predicted)) or predicted <= 0:
-        return -math.inf
-    return actual / predicted
+    if not isinstance(actual, Tensor):
+        return float(reduction_ratio(torch.tensor(float(actual), dtype=torch.float64),
+                                     torch.tensor(float(predicted), dtype=torch.float64)))
+    valid = torch.isfinite(actual) & torch.isfinite(predicted) & (predicted > 0)
+    safe = torch.where(valid, predicted, torch.ones_like(predicted))
+    return torch.where(valid, actual / safe, torch.full_like(actual, -math.inf))
 
 
-def update_radius(radius: float, rho: float, hits_boundary: bool, config: TrustRegionConfig) -> tuple[bool, float]:
+def update_radius(
+    radius: float | Tensor, rho: float | Tensor, hits_boundary: bool | Tensor, config: TrustRegionConfig
+) -> tuple[bool, float] | tuple[Tensor, Tensor]:
     """Acceptance and the next radius from the ratio ``rho`` (Conn, Gould & Toint, Alg. 6.1.1).
 
     - ``rho < eta1``: reject; ``Delta <- shrink * Delta``.
@@ -231,15 +327,18 @@ def update_radius(radius: float, rho: float, hits_boundary: bool, config: TrustR
       nothing about the model's quality further out and would only lengthen a later run of
       shrinks (the rule of scipy's ``trust-ncg`` and of Nocedal & Wright, Algorithm 4.1).
 
-    The result is clamped to ``[min_radius, max_radius]``.  Returns ``(accepted, radius)``.
+    The result is clamped to ``[min_radius, max_radius]``.  Returns ``(accepted, radius)``:
+    a bool and a float for one subproblem, tensors for one entry per subproblem.
     """
-    if rho < config.eta1:
-        accepted, radius = False, radius * config.shrink
-    elif rho >= config.eta2 and hits_boundary:
-        accepted, radius = True, radius * config.grow
-    else:
-        accepted = True
-    return accepted, min(max(radius, config.min_radius), config.max_radius)
+    if not isinstance(rho, Tensor):
+        accepted, new = update_radius(torch.tensor(float(radius), dtype=torch.float64),
+                                      torch.tensor(float(rho), dtype=torch.float64),
+                                      torch.tensor(bool(hits_boundary)), config)
+        return bool(accepted), float(new)
+    accepted = rho >= config.eta1
+    grow = accepted & (rho >= config.eta2) & hits_boundary
+    new = torch.where(accepted, torch.where(grow, radius * config.grow, radius), radius * config.shrink)
+    return accepted, new.clamp(min=config.min_radius, max=config.max_radius)
 
 
 def flat_hvp(gradient: Sequence[Tensor], params: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:

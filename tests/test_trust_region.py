@@ -11,9 +11,12 @@ from pinn_apts.trust_region import (
     TrustRegionConfig,
     boundary_step,
     reduction_ratio,
+    stacked_steihaug_cg,
     steihaug_cg,
     update_radius,
 )
+
+from .cg_reference import reference_steihaug_cg
 
 
 def quadratic(seed: int, n: int, kind: str):
@@ -180,3 +183,95 @@ def test_config_validation(kwargs, message):
         TrustRegionConfig(**kwargs)
     with pytest.raises(ValueError, match=r"radius must lie in \[min_radius, max_radius\]"):
         TrustRegionConfig().check_radius("radius", 11.0)
+
+
+# ------------------------------------------------------------- the stacked solver, row by row
+def _stacked(problems):
+    """Stack ``(B_i, g_i)`` pairs of one size into ``(R, n, n)`` and ``(R, n)``."""
+    return torch.stack([b for b, _ in problems]), torch.stack([g for _, g in problems])
+
+
+def _assert_row_matches_reference(result, i, b, g, radius, **cg):
+    step, predicted, iterations, reason = reference_steihaug_cg(g, lambda v: b @ v, radius, **cg)
+    assert result.reasons[i] == reason
+    assert int(result.iterations[i]) == iterations
+    assert torch.allclose(result.step[i], step, rtol=1e-9, atol=1e-12)
+    assert float(result.predicted_reduction[i]) == pytest.approx(predicted, rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=80, deadline=None, derandomize=True)
+@given(
+    seeds=st.lists(st.integers(0, 10**6), min_size=1, max_size=5),
+    n=st.integers(1, 8),
+    kinds=st.lists(st.sampled_from(["spd", "indefinite", "negative"]), min_size=5, max_size=5),
+    radii=st.lists(st.floats(1e-3, 20.0), min_size=5, max_size=5),
+    max_iter=st.integers(1, 12),
+    damping=st.sampled_from([0.0, 1e-3, 0.5]),
+    rtol=st.sampled_from([None, 1e-10, 0.3]),
+)
+def test_stacked_cg_rows_equal_the_scalar_reference(seeds, n, kinds, radii, max_iter, damping, rtol):
+    problems = [quadratic(seed, n, kind) for seed, kind in zip(seeds, kinds)]
+    bs, gs = _stacked(problems)
+    radius = torch.tensor(radii[: len(seeds)], dtype=torch.float64)
+    cg = dict(max_iter=max_iter, damping=damping, rtol=rtol)
+    result = stacked_steihaug_cg(gs, lambda v: torch.einsum("rij,rj->ri", bs, v), radius, **cg)
+    for i, (b, g) in enumerate(problems):
+        _assert_row_matches_reference(result, i, b, g, float(radius[i]), **cg)
+    # the same without any host read inside the loop (all max_iter iterations, finished rows masked)
+    fixed = stacked_steihaug_cg(gs, lambda v: torch.einsum("rij,rj->ri", bs, v), radius, early_exit=False, **cg)
+    assert torch.equal(fixed.step, result.step) and torch.equal(fixed.codes, result.codes)
+    assert torch.equal(fixed.iterations, result.iterations)
+    assert torch.equal(fixed.predicted_reduction, result.predicted_reduction)
+
+
+def test_stacked_cg_rows_stop_at_different_iterations_for_different_reasons():
+    n = 6
+    spd, g_spd = quadratic(1, n, "spd")
+    indefinite, g_ind = quadratic(2, n, "indefinite")
+    rows = [
+        (torch.eye(n, dtype=torch.float64), g_spd, 100.0),  # one CG iteration reaches the Newton step
+        (spd, g_spd, 1e-3),  # leaves the tiny region at once
+        (indefinite, g_ind, 50.0),  # negative curvature later on
+        (spd, torch.zeros(n, dtype=torch.float64), 1.0),  # zero gradient: nothing to do
+        (spd, g_spd, 1e6),  # interior: runs to the tolerance or the limit
+    ]
+    bs, gs = _stacked([(b, g) for b, g, _ in rows])
+    radius = torch.tensor([r for _, _, r in rows], dtype=torch.float64)
+    for early_exit in (True, False):
+        result = stacked_steihaug_cg(gs, lambda v: torch.einsum("rij,rj->ri", bs, v), radius, max_iter=12,
+                                     damping=0.0, rtol=1e-12, early_exit=early_exit)
+        assert result.reasons[:4] == [StopReason.CONVERGED, StopReason.BOUNDARY,
+                                      StopReason.NEGATIVE_CURVATURE, StopReason.CONVERGED]
+        assert result.iterations[:2].tolist() == [1, 1] and int(result.iterations[3]) == 0
+        assert int(result.iterations[4]) > 1 and len(set(result.iterations.tolist())) >= 3
+        for i, (b, g, r) in enumerate(rows):
+            _assert_row_matches_reference(result, i, b, g, r, max_iter=12, damping=0.0, rtol=1e-12)
+
+
+def test_stacked_cg_non_finite_row_leaves_the_others_alone():
+    spd, g = quadratic(3, 5, "spd")
+    bs, gs = _stacked([(spd, g), (spd, g)])
+
+    def hvp(v):
+        out = torch.einsum("rij,rj->ri", bs, v)
+        out[1] = float("nan")
+        return out
+
+    result = stacked_steihaug_cg(gs, hvp, torch.tensor([1.0, 1.0], dtype=torch.float64), max_iter=12)
+    assert result.reasons[1] == StopReason.NON_FINITE and result.reasons[0] != StopReason.NON_FINITE
+    _assert_row_matches_reference(result, 0, spd, g, 1.0, max_iter=12)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True)
+@given(
+    rho=st.lists(st.one_of(st.floats(-2.0, 2.0), st.just(-math.inf)), min_size=1, max_size=6),
+    boundary=st.lists(st.booleans(), min_size=6, max_size=6),
+    radius=st.lists(st.floats(1e-12, 20.0), min_size=6, max_size=6),
+)
+def test_radius_rule_on_tensors_equals_the_rule_on_floats(rho, boundary, radius):
+    config = TrustRegionConfig()
+    n = len(rho)
+    accepted, new = update_radius(torch.tensor(radius[:n], dtype=torch.float64), torch.tensor(rho, dtype=torch.float64),
+                                  torch.tensor(boundary[:n]), config)
+    for i in range(n):
+        assert (bool(accepted[i]), float(new[i])) == update_radius(radius[i], rho[i], boundary[i], config)
