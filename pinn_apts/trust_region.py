@@ -134,8 +134,32 @@ class TrustRegionConfig:
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise dot products of ``(R, P)`` tensors, ``(R,)``."""
-    return torch.linalg.vecdot(a, b)
+    """Row-wise dot products of ``(R, P)`` tensors, ``(R,)``.
+
+    One row takes BLAS's dot, so that a single subproblem (the TR step, Stage II, sequential
+    replicas) rounds exactly as the scalar solver of the committed runs did; the batched
+    reduction sums in another order.
+    """
+    return torch.dot(a[0], b[0]).unsqueeze(0) if a.shape[0] == 1 else torch.linalg.vecdot(a, b)
+
+
+def _sqrt(x: Tensor) -> Tensor:
+    """Correctly rounded square roots.
+
+    The CPU build's vectorized ``torch.sqrt`` (SLEEF, AVX-512) is off by one ulp for about 1%
+    of float64 inputs; the committed CPU runs took these roots with ``math.sqrt``, and on
+    Burgers and Heat one ulp in a boundary root changes a later acceptance.  On the CPU the
+    values are on the host already, so ``math.sqrt`` costs no synchronization; CUDA's ``sqrt`` is
+    correctly rounded.
+    """
+    if x.device.type != "cpu":
+        return torch.sqrt(x)
+    return torch.tensor([math.sqrt(v) if v >= 0 else math.nan for v in x.tolist()], dtype=x.dtype)
+
+
+def _norm(a: Tensor) -> Tensor:
+    """Row-wise Euclidean norms, ``(R,)`` (bit for bit ``a[i].norm()``, unlike ``sqrt(_dot(a, a))``)."""
+    return torch.linalg.vector_norm(a, dim=1)
 
 
 def stacked_boundary_roots(z: Tensor, d: Tensor, radius: Tensor) -> tuple[Tensor, Tensor]:
@@ -147,11 +171,11 @@ def stacked_boundary_roots(z: Tensor, d: Tensor, radius: Tensor) -> tuple[Tensor
     """
     a, b = _dot(d, d), _dot(z, d)
     c = torch.clamp(_dot(z, z) - radius * radius, max=0.0)
-    disc = torch.sqrt(torch.clamp(b * b - a * c, min=0.0))
+    disc = _sqrt(torch.clamp(b * b - a * c, min=0.0))
     q = -(b + torch.copysign(disc, b))
     symmetric = q == 0
     r1, r2 = q / a, c / torch.where(symmetric, torch.ones_like(q), q)
-    tau = radius / torch.sqrt(a)
+    tau = radius / _sqrt(a)
     return torch.where(symmetric, -tau, torch.minimum(r1, r2)), torch.where(symmetric, tau, torch.maximum(r1, r2))
 
 
@@ -226,9 +250,9 @@ def stacked_steihaug_cg(
     """
     z = torch.zeros_like(grad)
     r = grad.clone()
-    rr = _dot(r, r)
-    g_norm = torch.sqrt(rr)
-    factor = torch.full_like(g_norm, rtol) if rtol is not None else torch.clamp(torch.sqrt(g_norm), max=0.5)
+    g_norm = _norm(grad)
+    rr = g_norm * g_norm
+    factor = torch.full_like(g_norm, rtol) if rtol is not None else torch.clamp(_sqrt(g_norm), max=0.5)
     tol = factor * g_norm
     d = -r
     codes = torch.where(g_norm == 0, _CODE[StopReason.CONVERGED], torch.full_like(g_norm, _RUNNING, dtype=torch.long))
@@ -265,12 +289,12 @@ def stacked_steihaug_cg(
                StopReason.NEGATIVE_CURVATURE)
         alpha = rr / torch.where(negative, torch.ones_like(dbd), dbd)
         z_next = z + alpha.unsqueeze(1) * d
-        finish(torch.sqrt(_dot(z_next, z_next)) >= radius, s_high, bs_high, StopReason.BOUNDARY)
+        finish(_norm(z_next) >= radius, s_high, bs_high, StopReason.BOUNDARY)
         running = codes == _RUNNING
         z = torch.where(running.unsqueeze(1), z_next, z)
         r = torch.where(running.unsqueeze(1), r + alpha.unsqueeze(1) * bd, r)
         rr_next = _dot(r, r)
-        finish(torch.sqrt(rr_next) <= tol, z, r - grad, StopReason.CONVERGED)
+        finish(_sqrt(rr_next) <= tol, z, r - grad, StopReason.CONVERGED)
         d = torch.where(running.unsqueeze(1), -r + (rr_next / rr).unsqueeze(1) * d, d)
         rr = torch.where(running, rr_next, rr)
     finish(torch.ones_like(codes, dtype=torch.bool), z, r - grad, StopReason.MAX_ITER)

@@ -275,3 +275,22 @@ def test_radius_rule_on_tensors_equals_the_rule_on_floats(rho, boundary, radius)
                                   torch.tensor(boundary[:n]), config)
     for i in range(n):
         assert (bool(accepted[i]), float(new[i])) == update_radius(radius[i], rho[i], boundary[i], config)
+
+
+@settings(max_examples=120, deadline=None, derandomize=True)
+@given(
+    seed=st.integers(0, 10**6),
+    n=st.integers(1, 40),
+    kind=st.sampled_from(["spd", "indefinite", "negative"]),
+    radius=st.floats(1e-3, 1e4),
+    max_iter=st.integers(1, 12),
+    damping=st.sampled_from([0.0, 1e-3, 0.5]),
+)
+def test_one_subproblem_rounds_exactly_as_the_scalar_reference(seed, n, kind, radius, max_iter, damping):
+    # R = 1 (TR, Stage II, sequential replicas) is bit for bit the solver of the committed runs
+    b, g = quadratic(seed, n, kind)
+    step, predicted, iterations, reason = reference_steihaug_cg(g, lambda v: b @ v, radius, max_iter=max_iter,
+                                                                damping=damping)
+    result = steihaug_cg(g, lambda v: b @ v, radius, max_iter=max_iter, damping=damping)
+    assert torch.equal(result.step, step) and result.predicted_reduction == predicted
+    assert (result.iterations, result.reason) == (iterations, reason)
