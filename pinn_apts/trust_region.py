@@ -229,7 +229,7 @@ def stacked_steihaug_cg(
     max_iter: int = 12,
     damping: float = 1e-3,
     rtol: float | None = None,
-    early_exit: bool = True,
+    host_reads: bool = True,
 ) -> StackedCGResult:
     """Approximately minimize ``g_i^T s + 1/2 s^T (H_i + damping I) s`` subject to ``|s| <= radius_i``
     for ``R`` independent subproblems at once (the rows of ``grad``, ``(R, P)``).
@@ -243,10 +243,12 @@ def stacked_steihaug_cg(
     with :attr:`StopReason.NON_FINITE` when a product is not finite.  A row that has stopped keeps
     its result (masked) while the others go on, so rows may stop at different iterations.
 
-    Nothing is read back to the host inside the loop but, with ``early_exit`` (default), one
-    boolean per iteration to stop once every row has; ``early_exit=False`` always runs
-    ``max_iter`` iterations and reads nothing (for graph capture).  The model value comes from
-    the residual ``r = g + B z`` (``B s`` is kept for the returned step), so it costs no product.
+    ``host_reads`` (default) lets the loop read a few booleans per iteration, to skip the
+    boundary and stopping updates no running row needs and to stop once every row has: on the
+    CPU, where the values are on the host anyway, this is the cheap choice.  With
+    ``host_reads=False`` the loop reads nothing back and always runs ``max_iter`` iterations,
+    finished rows masked (for CUDA-graph capture); the results are the same.  The model value
+    comes from the residual ``r = g + B z`` (``B s`` is kept for the step), so it costs no product.
     """
     z = torch.zeros_like(grad)
     r = grad.clone()
@@ -259,44 +261,56 @@ def stacked_steihaug_cg(
     iterations = torch.zeros_like(codes)
     step, bstep = torch.zeros_like(grad), torch.zeros_like(grad)  # the result and B times it
 
+    def needed(mask: Tensor) -> bool:
+        """Whether ``mask`` holds a running row (without host reads: assume so; updates are masked)."""
+        return bool(mask.any()) if host_reads else True
+
     def finish(mask: Tensor, s: Tensor, bs: Tensor, reason: StopReason) -> None:
         nonlocal step, bstep, codes
         mask = mask & (codes == _RUNNING)
-        step = torch.where(mask.unsqueeze(1), s, step)
-        bstep = torch.where(mask.unsqueeze(1), bs, bstep)
+        column = mask.unsqueeze(1)
+        step, bstep = torch.where(column, s, step), torch.where(column, bs, bstep)
         codes = torch.where(mask, _CODE[reason], codes)
 
-    for it in range(1, max_iter + 1):
+    # Only step, bstep and codes are masked: a row that has stopped goes on iterating on its
+    # own values (rows never mix), which nothing reads; its direction d is frozen so that its
+    # products stay finite.
+    for _ in range(max_iter):
         running = codes == _RUNNING
-        if early_exit and not bool(running.any()):
+        if host_reads and not bool(running.any()):
             break
-        iterations = torch.where(running, it, iterations)
+        iterations = iterations + running
         bd = hvp(d)
         if damping:
             bd = bd + damping * d
-        bz = r - grad
         finite = torch.isfinite(bd).all(dim=1)
-        finish(~finite, z, bz, StopReason.NON_FINITE)
-        bd = torch.where(finite.unsqueeze(1), bd, torch.zeros_like(bd))
         dbd = _dot(d, bd)
         negative = dbd <= 0
-        low, high = stacked_boundary_roots(z, d, radius)
-        s_low, s_high = z + low.unsqueeze(1) * d, z + high.unsqueeze(1) * d
-        bs_low, bs_high = bz + low.unsqueeze(1) * bd, bz + high.unsqueeze(1) * bd
-        take_low = ((_dot(grad, s_low) + 0.5 * _dot(s_low, bs_low))
-                    <= (_dot(grad, s_high) + 0.5 * _dot(s_high, bs_high))).unsqueeze(1)
-        finish(negative, torch.where(take_low, s_low, s_high), torch.where(take_low, bs_low, bs_high),
-               StopReason.NEGATIVE_CURVATURE)
-        alpha = rr / torch.where(negative, torch.ones_like(dbd), dbd)
+        alpha = rr / dbd
         z_next = z + alpha.unsqueeze(1) * d
-        finish(_norm(z_next) >= radius, s_high, bs_high, StopReason.BOUNDARY)
-        running = codes == _RUNNING
-        z = torch.where(running.unsqueeze(1), z_next, z)
-        r = torch.where(running.unsqueeze(1), r + alpha.unsqueeze(1) * bd, r)
+        leaving = _norm(z_next) >= radius
+        if needed((~finite | negative | leaving) & running):  # a row stops here, not by convergence
+            # in this order of precedence; a non-finite row's NaNs stay in its own row
+            bz = r - grad
+            if needed(~finite & running):
+                finish(~finite, z, bz, StopReason.NON_FINITE)
+            low, high = stacked_boundary_roots(z, d, radius)
+            s_high, bs_high = z + high.unsqueeze(1) * d, bz + high.unsqueeze(1) * bd
+            if needed(negative & running):
+                s_low, bs_low = z + low.unsqueeze(1) * d, bz + low.unsqueeze(1) * bd
+                take_low = ((_dot(grad, s_low) + 0.5 * _dot(s_low, bs_low))
+                            <= (_dot(grad, s_high) + 0.5 * _dot(s_high, bs_high))).unsqueeze(1)
+                finish(negative, torch.where(take_low, s_low, s_high), torch.where(take_low, bs_low, bs_high),
+                       StopReason.NEGATIVE_CURVATURE)
+            finish(leaving, s_high, bs_high, StopReason.BOUNDARY)
+        z = z_next
+        r = r + alpha.unsqueeze(1) * bd
         rr_next = _dot(r, r)
-        finish(_sqrt(rr_next) <= tol, z, r - grad, StopReason.CONVERGED)
-        d = torch.where(running.unsqueeze(1), -r + (rr_next / rr).unsqueeze(1) * d, d)
-        rr = torch.where(running, rr_next, rr)
+        converged = _sqrt(rr_next) <= tol
+        if needed(converged & (codes == _RUNNING)):
+            finish(converged, z, r - grad, StopReason.CONVERGED)
+        d = torch.where((codes == _RUNNING).unsqueeze(1), -r + (rr_next / rr).unsqueeze(1) * d, d)
+        rr = rr_next
     finish(torch.ones_like(codes, dtype=torch.bool), z, r - grad, StopReason.MAX_ITER)
     predicted = -(_dot(grad, step) + 0.5 * _dot(step, bstep))
     return StackedCGResult(step, predicted, iterations, codes)

@@ -218,7 +218,7 @@ def test_stacked_cg_rows_equal_the_scalar_reference(seeds, n, kinds, radii, max_
     for i, (b, g) in enumerate(problems):
         _assert_row_matches_reference(result, i, b, g, float(radius[i]), **cg)
     # the same without any host read inside the loop (all max_iter iterations, finished rows masked)
-    fixed = stacked_steihaug_cg(gs, lambda v: torch.einsum("rij,rj->ri", bs, v), radius, early_exit=False, **cg)
+    fixed = stacked_steihaug_cg(gs, lambda v: torch.einsum("rij,rj->ri", bs, v), radius, host_reads=False, **cg)
     assert torch.equal(fixed.step, result.step) and torch.equal(fixed.codes, result.codes)
     assert torch.equal(fixed.iterations, result.iterations)
     assert torch.equal(fixed.predicted_reduction, result.predicted_reduction)
@@ -237,9 +237,9 @@ def test_stacked_cg_rows_stop_at_different_iterations_for_different_reasons():
     ]
     bs, gs = _stacked([(b, g) for b, g, _ in rows])
     radius = torch.tensor([r for _, _, r in rows], dtype=torch.float64)
-    for early_exit in (True, False):
+    for host_reads in (True, False):
         result = stacked_steihaug_cg(gs, lambda v: torch.einsum("rij,rj->ri", bs, v), radius, max_iter=12,
-                                     damping=0.0, rtol=1e-12, early_exit=early_exit)
+                                     damping=0.0, rtol=1e-12, host_reads=host_reads)
         assert result.reasons[:4] == [StopReason.CONVERGED, StopReason.BOUNDARY,
                                       StopReason.NEGATIVE_CURVATURE, StopReason.CONVERGED]
         assert result.iterations[:2].tolist() == [1, 1] and int(result.iterations[3]) == 0
