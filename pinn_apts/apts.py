@@ -50,7 +50,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from .distributed import Communicator, replicas_of_rank
 from .optim import trust_region_step
 from .replicas import LocalSolveResult, batched_local_solves, local_solves
-from .trust_region import StopReason, TrustRegionConfig, reduction_ratio, update_radius
+from .trust_region import DEFAULT_RADIUS, StopReason, TrustRegionConfig, reduction_ratio, update_radius
 
 __all__ = ["APTS", "APTSConfig", "APTSStepInfo", "resolve_replicas"]
 
@@ -82,7 +82,7 @@ class APTSConfig:
     local_steps: int = 3
     combine: Literal["average", "sum"] = "average"
     local_retry: bool = False
-    replicas: Literal["sequential", "batched", "auto"] = "sequential"
+    replicas: Literal["sequential", "batched", "auto"] = "auto"
     stage1_radius: Literal["ratio", "decrease", "keep"] = "keep"
 
     def __post_init__(self) -> None:
@@ -138,9 +138,9 @@ class APTS(torch.optim.Optimizer):
         See :class:`APTSConfig`.
     radius:
         Initial radius ``Delta_0`` (default 1.0, in ``[min_radius, max_radius]``).
-    max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping:
-        Trust-region constants for the global and local steps (:class:`TrustRegionConfig`;
-        defaults: the paper's).
+    max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol:
+        Trust-region constants for the global and local steps (:class:`TrustRegionConfig`, where
+        each default is defined: the paper's).
     communicator:
         Across processes (:class:`~pinn_apts.distributed.TorchDistributed`): this rank solves
         only its own ``D/W`` replicas (``local_loss(d)`` is asked for those alone, and
@@ -156,24 +156,25 @@ class APTS(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor],
-        num_subdomains: int = 4,
-        local_steps: int = 3,
-        radius: float = 1.0,
-        max_radius: float = 10.0,
-        min_radius: float = 1e-10,
-        eta1: float = 0.1,
-        eta2: float = 0.5,
-        shrink: float = 0.5,
-        grow: float = 2.0,
-        cg_max_iter: int = 12,
-        damping: float = 1e-3,
-        combine: Literal["average", "sum"] = "average",
-        local_retry: bool = False,
-        replicas: Literal["sequential", "batched", "auto"] = "sequential",
-        stage1_radius: Literal["ratio", "decrease", "keep"] = "keep",
+        num_subdomains: int = APTSConfig.num_subdomains,
+        local_steps: int = APTSConfig.local_steps,
+        radius: float = DEFAULT_RADIUS,
+        max_radius: float = TrustRegionConfig.max_radius,
+        min_radius: float = TrustRegionConfig.min_radius,
+        eta1: float = TrustRegionConfig.eta1,
+        eta2: float = TrustRegionConfig.eta2,
+        shrink: float = TrustRegionConfig.shrink,
+        grow: float = TrustRegionConfig.grow,
+        cg_max_iter: int = TrustRegionConfig.cg_max_iter,
+        damping: float = TrustRegionConfig.damping,
+        cg_rtol: float | None = TrustRegionConfig.cg_rtol,
+        combine: Literal["average", "sum"] = APTSConfig.combine,
+        local_retry: bool = APTSConfig.local_retry,
+        replicas: Literal["sequential", "batched", "auto"] = APTSConfig.replicas,
+        stage1_radius: Literal["ratio", "decrease", "keep"] = APTSConfig.stage1_radius,
         communicator: Communicator | None = None,
     ) -> None:
-        tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping)
+        tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
         tr.check_radius("radius", radius)
         apts = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius)
         super().__init__(params, {**asdict(tr), **asdict(apts)})

@@ -33,7 +33,7 @@ from .apts import APTS, APTSConfig
 from .distributed import default_communicator, replicas_of_rank
 from .optim import StepInfo, TrustRegion
 from .problems import PDEProblem, check_int, check_positive, resolve_problem, settings_differences
-from .trust_region import StopReason, TrustRegionConfig
+from .trust_region import DEFAULT_RADIUS, StopReason, TrustRegionConfig
 
 __all__ = ["APTSPINN", "AdamPINN", "LBFGSPINN", "PINNModule", "TrustRegionPINN"]
 
@@ -407,8 +407,9 @@ class TrustRegionPINN(PINNModule):
     ----------
     radius:
         Initial radius ``Delta_0``.
-    max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping:
-        Trust-region constants; the defaults are the paper's.
+    max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol:
+        Trust-region constants (:class:`~pinn_apts.trust_region.TrustRegionConfig`, where each
+        default is defined: the paper's).
     steps_per_iteration:
         Trust-region steps per outer iteration (1: one global step, as in APTS's Stage II).
     **kwargs:
@@ -417,24 +418,25 @@ class TrustRegionPINN(PINNModule):
 
     def __init__(
         self,
-        radius: float = 1.0,
-        max_radius: float = 10.0,
-        min_radius: float = 1e-10,
-        eta1: float = 0.1,
-        eta2: float = 0.5,
-        shrink: float = 0.5,
-        grow: float = 2.0,
-        cg_max_iter: int = 12,
-        damping: float = 1e-3,
+        radius: float = DEFAULT_RADIUS,
+        max_radius: float = TrustRegionConfig.max_radius,
+        min_radius: float = TrustRegionConfig.min_radius,
+        eta1: float = TrustRegionConfig.eta1,
+        eta2: float = TrustRegionConfig.eta2,
+        shrink: float = TrustRegionConfig.shrink,
+        grow: float = TrustRegionConfig.grow,
+        cg_max_iter: int = TrustRegionConfig.cg_max_iter,
+        damping: float = TrustRegionConfig.damping,
+        cg_rtol: float | None = TrustRegionConfig.cg_rtol,
         steps_per_iteration: int = 1,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.optimizer_kwargs = dict(
             radius=radius, max_radius=max_radius, min_radius=min_radius, eta1=eta1, eta2=eta2,
-            shrink=shrink, grow=grow, cg_max_iter=cg_max_iter, damping=damping,
+            shrink=shrink, grow=grow, cg_max_iter=cg_max_iter, damping=damping, cg_rtol=cg_rtol,
         )
-        TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping).check_radius(
+        TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol).check_radius(
             "radius", radius
         )
         self.steps_per_iteration = check_int("steps_per_iteration", steps_per_iteration)
@@ -492,8 +494,9 @@ class APTSPINN(PINNModule):
         ``J``, local trust-region steps per replica (paper: 3).
     radius:
         Initial radius ``Delta_0`` (not given in the paper; default 1.0).
-    max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping:
-        Trust-region constants of the global and local steps; defaults: the paper's.
+    max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol:
+        Trust-region constants of the global and local steps
+        (:class:`~pinn_apts.trust_region.TrustRegionConfig`, where each default is defined: the paper's).
     combine:
         ``"average"`` (paper) or ``"sum"`` of the replica corrections.
     local_retry:
@@ -516,33 +519,34 @@ class APTSPINN(PINNModule):
 
     def __init__(
         self,
-        num_subdomains: int = 4,
-        local_steps: int = 3,
-        radius: float = 1.0,
-        max_radius: float = 10.0,
-        min_radius: float = 1e-10,
-        eta1: float = 0.1,
-        eta2: float = 0.5,
-        shrink: float = 0.5,
-        grow: float = 2.0,
-        cg_max_iter: int = 12,
-        damping: float = 1e-3,
-        combine: Literal["average", "sum"] = "average",
-        local_retry: bool = False,
-        replicas: Literal["sequential", "batched", "auto"] = "auto",
-        stage1_radius: Literal["ratio", "decrease", "keep"] = "keep",
+        num_subdomains: int = APTSConfig.num_subdomains,
+        local_steps: int = APTSConfig.local_steps,
+        radius: float = DEFAULT_RADIUS,
+        max_radius: float = TrustRegionConfig.max_radius,
+        min_radius: float = TrustRegionConfig.min_radius,
+        eta1: float = TrustRegionConfig.eta1,
+        eta2: float = TrustRegionConfig.eta2,
+        shrink: float = TrustRegionConfig.shrink,
+        grow: float = TrustRegionConfig.grow,
+        cg_max_iter: int = TrustRegionConfig.cg_max_iter,
+        damping: float = TrustRegionConfig.damping,
+        cg_rtol: float | None = TrustRegionConfig.cg_rtol,
+        combine: Literal["average", "sum"] = APTSConfig.combine,
+        local_retry: bool = APTSConfig.local_retry,
+        replicas: Literal["sequential", "batched", "auto"] = APTSConfig.replicas,
+        stage1_radius: Literal["ratio", "decrease", "keep"] = APTSConfig.stage1_radius,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
         self.optimizer_kwargs = dict(
             num_subdomains=num_subdomains, local_steps=local_steps, radius=radius, max_radius=max_radius,
             min_radius=min_radius, eta1=eta1, eta2=eta2, shrink=shrink, grow=grow, cg_max_iter=cg_max_iter,
-            damping=damping, combine=combine, local_retry=local_retry, replicas=replicas,
+            damping=damping, cg_rtol=cg_rtol, combine=combine, local_retry=local_retry, replicas=replicas,
             stage1_radius=stage1_radius,
         )
         # validate now, with messages naming the parameter, rather than at fit time
         APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius)
-        TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping).check_radius(
+        TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol).check_radius(
             "radius", radius
         )
         self.num_subdomains = num_subdomains

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from .trust_region import StopReason, TrustRegionConfig, flat_hvp, reduction_ratio, steihaug_cg, update_radius
+from .trust_region import DEFAULT_RADIUS, StopReason, TrustRegionConfig, flat_hvp, reduction_ratio, steihaug_cg, update_radius
 
 __all__ = ["StepInfo", "TrustRegion", "trust_region_step"]
 
@@ -152,16 +152,16 @@ class TrustRegion(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor],
-        radius: float = 1.0,
-        max_radius: float = 10.0,
-        min_radius: float = 1e-10,
-        eta1: float = 0.1,
-        eta2: float = 0.5,
-        shrink: float = 0.5,
-        grow: float = 2.0,
-        cg_max_iter: int = 12,
-        damping: float = 1e-3,
-        cg_rtol: float | None = None,
+        radius: float = DEFAULT_RADIUS,
+        max_radius: float = TrustRegionConfig.max_radius,
+        min_radius: float = TrustRegionConfig.min_radius,
+        eta1: float = TrustRegionConfig.eta1,
+        eta2: float = TrustRegionConfig.eta2,
+        shrink: float = TrustRegionConfig.shrink,
+        grow: float = TrustRegionConfig.grow,
+        cg_max_iter: int = TrustRegionConfig.cg_max_iter,
+        damping: float = TrustRegionConfig.damping,
+        cg_rtol: float | None = TrustRegionConfig.cg_rtol,
     ) -> None:
         config = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
         config.check_radius("radius", radius)

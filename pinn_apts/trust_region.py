@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "DEFAULT_RADIUS",
     "CGResult",
     "StackedCGResult",
     "StopReason",
@@ -65,6 +66,10 @@ class CGResult:
     @property
     def hits_boundary(self) -> bool:
         return self.reason in (StopReason.BOUNDARY, StopReason.NEGATIVE_CURVATURE)
+
+
+#: Initial radius ``Delta_0`` of every trust-region method here (the paper gives none).
+DEFAULT_RADIUS = 1.0
 
 
 def _check(name: str, value: float, rule: str, ok: bool) -> float:

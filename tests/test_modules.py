@@ -139,3 +139,16 @@ def test_logs_figure_and_checkpoint(tmp_path):
     final = events.Scalars("error/rel_l2")[-1].value
     assert final == pytest.approx(float(module.solution_errors()["error/rel_l2"]), rel=1e-6)
     assert trainer.global_step == 12
+
+
+def test_every_trust_region_constant_reaches_the_optimizer_cg_rtol_included():
+    from pinn_apts.cli import cli_main
+
+    tr = TrustRegionPINN(problem="heat", cg_rtol=0.3, eta1=0.2, eta2=0.6).configure_optimizers()
+    assert (tr.config.cg_rtol, tr.config.eta1, tr.config.eta2) == (0.3, 0.2, 0.6)
+    apts = APTSPINN(problem="heat", cg_rtol=0.3, damping=0.0).configure_optimizers()
+    assert (apts.trust_region_config.cg_rtol, apts.trust_region_config.damping) == (0.3, 0.0)
+    with pytest.raises(ValueError, match=r"cg_rtol must lie in \(0, 1\), got 2.0"):
+        APTSPINN(problem="heat", cg_rtol=2.0)
+    cli = cli_main(["--model.init_args.cg_rtol=0.25", "--trainer.logger=false"], run=False)
+    assert cli.model.configure_optimizers().trust_region_config.cg_rtol == 0.25
