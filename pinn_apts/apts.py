@@ -286,7 +286,7 @@ class APTS(torch.optim.Optimizer):
         # ---- Stage II: global trust-region refinement ---------------------------------
         global_step, _ = trust_region_step(closure, params, radius, tr, retry=True,
                                            loss=trial if accepted else loss, reduce=reduce)
-        radius = min(max(global_step.radius, tr.min_radius), tr.max_radius)
+        radius = global_step.radius  # update_radius keeps it in [min_radius, max_radius]
         t2 = time.perf_counter()
 
         info = APTSStepInfo(
