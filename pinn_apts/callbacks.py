@@ -102,32 +102,31 @@ class GracefulStop(Callback):
 class RunReport(Callback):
     """Say where the run writes (logs, TensorBoard command, checkpoints) at the start and end of ``fit``."""
 
-    def _where(self, trainer: L.Trainer) -> list[str]:
-        lines = []
+    def _where(self, trainer: L.Trainer) -> tuple[Path | None, list[str]]:
+        """The run folder (``None`` without a logger) and the lines that say where the run writes."""
+        run_dir, lines = None, []
         if trainer.loggers:
-            run_dir = trainer.log_dir  # a collective under DDP: every rank asks
+            run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank asks
             lines.append(f"run folder {run_dir}")
             roots = {
                 str(Path(logger.root_dir)) for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)
             }
             lines += [f"curves: tensorboard --logdir {root}" for root in sorted(roots)]
         lines += [f"checkpoint {path}" for path in last_checkpoint_paths(trainer)]
-        return lines
+        return run_dir, lines
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        lines = self._where(trainer)
+        _, lines = self._where(trainer)
         if lines:
             rank_zero_info("pinn-apts: " + "\n  ".join(lines))
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        lines = self._where(trainer)
+        run_dir, lines = self._where(trainer)
         stop = next((cb for cb in trainer.callbacks if isinstance(cb, GracefulStop) and cb.stopped), None)
         how = "finished"
         if stop is not None:
             how = f"stopped by {signal.Signals(stop.signal).name}" if stop.signal else "stopped by a signal"
-        if trainer.loggers:
-            figure = Path(trainer.log_dir) / "error.png"
-            if figure.exists():
-                lines.append(f"error figure {figure}")
+        if run_dir is not None and (run_dir / "error.png").exists():
+            lines.append(f"error figure {run_dir / 'error.png'}")
         rank_zero_info(f"pinn-apts: {how} after {trainer.global_step} outer iterations" +
                        "".join(f"\n  {line}" for line in lines))

@@ -9,7 +9,8 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 
-from .problems import PDEProblem, check_int, resolve_problem, settings_differences
+from .checkpoints import refuse_other_settings
+from .problems import PDEProblem, check_int, resolve_problem
 from .sampling import CollocationBatch, CollocationSampler, Curriculum, _check_sizes
 
 __all__ = ["PINNDataModule"]
@@ -128,13 +129,7 @@ class PINNDataModule(L.LightningDataModule):
         """Take the checkpoint's planned run length; refuse a checkpoint made with other data."""
         state = dict(state_dict)
         planned = state.pop("total_iterations", None)
-        mine = self._settings()
-        differ = settings_differences("data", state, mine)
-        if differ:
-            raise ValueError(
-                "the checkpoint was trained on other data than this run's; resume with the run's own "
-                "configuration (its config.yaml), or start a new run:\n  " + "\n  ".join(differ)
-            )
+        refuse_other_settings("data settings", "data", state, self._settings())
         if planned is None or self.sampler is None or planned == self.sampler.total_iterations:
             return
         if self.total_iterations is not None:

@@ -32,7 +32,8 @@ from .model import MLP
 from .apts import APTS, APTSConfig
 from .distributed import default_communicator, replicas_of_rank
 from .optim import StepInfo, TrustRegion
-from .problems import PDEProblem, check_int, check_positive, resolve_problem, settings_differences
+from .checkpoints import RESUME_HINT, class_path, refuse_other_settings
+from .problems import PDEProblem, check_int, check_positive, resolve_problem
 from .trust_region import DEFAULT_RADIUS, StopReason, TrustRegionConfig
 
 __all__ = ["APTSPINN", "AdamPINN", "LBFGSPINN", "PINNModule", "TrustRegionPINN"]
@@ -103,8 +104,8 @@ class PINNModule(L.LightningModule):
         # object, so that checkpoints load with torch.load(weights_only=True).
         self.save_hyperparameters(ignore=["problem"])
         self.save_hyperparameters({**self.hparams, "problem": self.problem.spec()})
-        #: outer iterations whose trial losses were non-finite (rejected), for error messages
-        self.non_finite_trial_iterations: list[int] = []
+        #: the last outer iteration whose trial losses were non-finite (rejected), for error messages
+        self.last_non_finite_trials: int | None = None
 
     # ----------------------------------------------------------------- pieces
     def forward(self, points: Tensor) -> Tensor:
@@ -198,7 +199,7 @@ class PINNModule(L.LightningModule):
         return [GracefulStop(), RunReport()]
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["pinn_apts"] = {"module": _class_path(type(self))}
+        checkpoint["pinn_apts"] = {"module": class_path(type(self))}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._check_checkpoint_matches(checkpoint)
@@ -211,20 +212,15 @@ class PINNModule(L.LightningModule):
 
     def _check_checkpoint_matches(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another method or made with other settings, naming both sides."""
-        hint = ("resume with the run's own configuration (pinn-apts fit --config <run folder>/config.yaml "
-                "--ckpt_path ...), or start a new run")
         saved_module = checkpoint.get("pinn_apts", {}).get("module")
-        mine = _class_path(type(self))
+        mine = class_path(type(self))
         if saved_module is not None and saved_module != mine:
             raise ValueError(
                 f"the checkpoint was made by {saved_module.rpartition('.')[2]} and this run's model is "
-                f"{mine.rpartition('.')[2]}: {hint}"
+                f"{mine.rpartition('.')[2]}: {RESUME_HINT}"
             )
-        saved = checkpoint.get("hyper_parameters", {})
-        differ = settings_differences("model", saved, self.hparams, RESUMABLE_CHANGES)
-        if differ:
-            raise ValueError(f"the checkpoint was made with other model settings than this run's; {hint}:\n  "
-                             + "\n  ".join(differ))
+        refuse_other_settings("model settings", "model", checkpoint.get("hyper_parameters", {}), self.hparams,
+                              RESUMABLE_CHANGES)
 
     def on_train_end(self) -> None:
         # The figure goes to the loggers and their run folder; without a logger there is none.
@@ -287,18 +283,14 @@ class PINNModule(L.LightningModule):
         return first[0]
 
 
-def _class_path(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 @contextmanager
-def _name_non_finite_term(last: list[LossTerms], iteration: int, earlier: Sequence[int] = ()) -> Iterator[None]:
+def _name_non_finite_term(last: list[LossTerms], iteration: int, earlier: int | None = None) -> Iterator[None]:
     """Re-raise a trust-region ``FloatingPointError`` naming the iteration and the loss term
     (and the last earlier iteration whose trial losses were non-finite)."""
     try:
         yield
     except FloatingPointError as err:
-        history = f"; trial losses were last non-finite at outer iteration {earlier[-1]}" if earlier else ""
+        history = "" if earlier is None else f"; trial losses were last non-finite at outer iteration {earlier}"
         if last:
             try:
                 check_loss_finite(last[0], iteration)
@@ -314,7 +306,7 @@ def _report_non_finite_trials(module: PINNModule, iteration: int, stage: str, in
     count = info.non_finite_trials
     if not count:
         return
-    module.non_finite_trial_iterations.append(iteration)
+    module.last_non_finite_trials = iteration
     outcome = "a later try was accepted" if info.accepted else "no step was accepted down to min_radius"
     log.warning("outer iteration %d: %d of %d %s trial losses were non-finite and rejected; %s",
                 iteration, count, info.tries, stage, outcome)
@@ -461,7 +453,7 @@ class TrustRegionPINN(PINNModule):
         tries = cg = non_finite = 0
         for i in range(self.steps_per_iteration):
             # as in torch_optimizer_steps: one LightningOptimizer step per outer iteration
-            with _name_non_finite_term(last, batch.iteration, self.non_finite_trial_iterations):
+            with _name_non_finite_term(last, batch.iteration, self.last_non_finite_trials):
                 (opt.optimizer.step if i < self.steps_per_iteration - 1 else opt.step)(closure=closure)
             info = opt.optimizer.last_step
             _report_non_finite_trials(self, batch.iteration, "trust-region", info)
@@ -595,7 +587,7 @@ class APTSPINN(PINNModule):
         def batched_local_loss(stacked: list[Tensor]) -> Tensor:
             return stacked_pinn_loss(stacked[0::2], stacked[1::2], self.problem, batch, [parts[d] for d in own])
 
-        with _name_non_finite_term(last, batch.iteration, self.non_finite_trial_iterations):
+        with _name_non_finite_term(last, batch.iteration, self.last_non_finite_trials):
             opt.step(closure=closure, local_loss=local_loss, batched_local_loss=batched_local_loss)
         apts: APTS = opt.optimizer
         info = apts.last_step

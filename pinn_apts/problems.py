@@ -50,6 +50,7 @@ import torch
 from scipy.special import roots_hermite
 from torch import Tensor
 
+from .checkpoints import class_path
 from .jet import Jet
 
 __all__ = [
@@ -65,7 +66,6 @@ __all__ = [
     "problem_from_spec",
     "register_problem",
     "resolve_problem",
-    "settings_differences",
 ]
 
 Bounds = tuple[tuple[float, float], tuple[float, float]]
@@ -84,29 +84,6 @@ def check_positive(name: str, value: float) -> float:
     value = check_finite(name, value)
     if value <= 0:
         raise ValueError(f"{name} must be positive, got {value}")
-    return value
-
-
-def settings_differences(
-    section: str, saved: Mapping[str, Any], current: Mapping[str, Any], skip: tuple[str, ...] = ()
-) -> list[str]:
-    """Lines ``"<section>.<key>: checkpoint <a>, this run <b>"`` for the keys both hold with other values.
-
-    Private keys (``_...``) and ``skip`` are left out; tuples and lists compare equal.
-    """
-    return [
-        f"{section}.{key}: checkpoint {saved[key]!r}, this run {current[key]!r}"
-        for key in current
-        if key in saved and not key.startswith("_") and key not in skip
-        and _plain(saved[key]) != _plain(current[key])
-    ]
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
     return value
 
 
@@ -163,15 +140,16 @@ class PDEProblem(ABC):
         # Record the __init__ arguments (defaults filled in) for spec(); a call that does not
         # bind is left to __init__ to refuse with Python's own message.
         self = super().__new__(cls)
+        signature = inspect.signature(cls.__init__)
         try:
-            bound = inspect.signature(cls.__init__).bind(self, *args, **kwargs)
+            bound = signature.bind(self, *args, **kwargs)
         except TypeError:
             self._init_args = None
         else:
             bound.apply_defaults()
             arguments: dict[str, Any] = {}
             for name, value in list(bound.arguments.items())[1:]:
-                kind = inspect.signature(cls.__init__).parameters[name].kind
+                kind = signature.parameters[name].kind
                 if kind is inspect.Parameter.VAR_KEYWORD:
                     arguments.update(value)
                 elif kind is inspect.Parameter.VAR_POSITIONAL:
@@ -287,7 +265,7 @@ class PDEProblem(ABC):
                 f"{cls.__name__} cannot be stored as data: its __init__ takes positional varargs (*args); "
                 "give it named parameters"
             )
-        return {"class_path": f"{cls.__module__}.{cls.__qualname__}", "init_args": dict(init_args)}
+        return {"class_path": class_path(cls), "init_args": dict(init_args)}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PDEProblem):

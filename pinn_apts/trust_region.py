@@ -267,7 +267,8 @@ def stacked_steihaug_cg(
     step, bstep = torch.zeros_like(grad), torch.zeros_like(grad)  # the result and B times it
 
     def needed(mask: Tensor) -> bool:
-        """Whether ``mask`` holds a running row (without host reads: assume so; updates are masked)."""
+        """Whether any row of ``mask`` (already restricted to running rows by the caller) is set;
+        without host reads, assume so: the update that follows is masked anyway."""
         return bool(mask.any()) if host_reads else True
 
     def finish(mask: Tensor, s: Tensor, bs: Tensor, reason: StopReason) -> None:
