@@ -23,8 +23,8 @@ import time
 import torch
 
 from pinn_apts.apts import APTS
-from pinn_apts.loss import pinn_loss, stacked_pinn_loss
 from pinn_apts.model import MLP
+from pinn_apts.objective import PINNObjective
 from pinn_apts.problems import get_problem
 from pinn_apts.sampling import CollocationSampler
 
@@ -56,11 +56,7 @@ def main() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        parts = batch.partition(args.subdomains)
-        interiors = [batch.interior[p] for p in parts]
-        opt.step(lambda: pinn_loss(net, problem, batch).total,
-                 lambda d: pinn_loss(net, problem, batch, interiors[d]).total,
-                 lambda stacked: stacked_pinn_loss(stacked[0::2], stacked[1::2], problem, batch, parts))
+        opt.step(PINNObjective(net, problem, batch, args.subdomains))
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start

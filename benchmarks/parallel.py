@@ -25,9 +25,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from pinn_apts.apts import APTS
-from pinn_apts.distributed import default_communicator, replicas_of_rank
-from pinn_apts.loss import pinn_loss, pinn_loss_share, stacked_pinn_loss
+from pinn_apts.distributed import default_communicator
 from pinn_apts.model import MLP
+from pinn_apts.objective import PINNObjective
 from pinn_apts.problems import get_problem
 from pinn_apts.sampling import CollocationSampler
 
@@ -46,26 +46,16 @@ def measure(rank: int, world: int, args: argparse.Namespace, subdomains: int, re
     net = MLP(seed=0).to(device)
     comm = default_communicator()
     opt = APTS(net.parameters(), num_subdomains=subdomains, replicas=replicas, communicator=comm)
-    own = replicas_of_rank(subdomains, comm.rank, comm.world_size)
     stage1, whole = [], []
     for k in range(total):
         batch = sampler.batch(k).to(device=device)
-        parts = batch.partition(subdomains)
-        interiors = [batch.interior[p] for p in parts]
-        own_points = torch.cat([interiors[d] for d in own])
-        if world == 1:
-            closure = lambda: pinn_loss(net, problem, batch).total
-        else:
-            closure = lambda: pinn_loss_share(net, problem, batch, own_points, comm.rank, comm.world_size).total
+        objective = PINNObjective(net, problem, batch, subdomains, comm)
         if world > 1:
             dist.barrier()
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        opt.step(closure,
-                 lambda d: pinn_loss(net, problem, batch, interiors[d]).total,
-                 lambda stacked: stacked_pinn_loss(stacked[0::2], stacked[1::2], problem, batch,
-                                                   [parts[d] for d in own]))
+        opt.step(objective)
         if device.type == "cuda":
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - start

@@ -18,9 +18,9 @@ import torch.multiprocessing as mp
 
 import pinn_apts.apts as A
 from pinn_apts.apts import APTS
-from pinn_apts.distributed import default_communicator, replicas_of_rank
-from pinn_apts.loss import pinn_loss, pinn_loss_share
+from pinn_apts.distributed import default_communicator
 from pinn_apts.model import MLP
+from pinn_apts.objective import PINNObjective
 from pinn_apts.problems import get_problem
 from pinn_apts.sampling import CollocationSampler
 
@@ -33,12 +33,10 @@ def measure(rank, world, D, iterations, port, q):
         t = time.perf_counter(); r = orig(*a, **k); rec.append((time.perf_counter() - t, r.cg_iterations)); return r
     A.local_solves = timed
     p = get_problem("burgers"); s = CollocationSampler(p, 200, seed=0); net = MLP(seed=0); comm = default_communicator()
-    opt = APTS(net.parameters(), num_subdomains=D, communicator=comm); own = replicas_of_rank(D, comm.rank, comm.world_size)
+    opt = APTS(net.parameters(), num_subdomains=D, communicator=comm)
     st1 = []
     for k in range(iterations + 2):
-        b = s.batch(k); parts = b.partition(D); ints = [b.interior[q] for q in parts]; ownp = torch.cat([ints[d] for d in own])
-        cl = (lambda: pinn_loss(net, p, b).total) if world == 1 else (lambda: pinn_loss_share(net, p, b, ownp, comm.rank, comm.world_size).total)
-        opt.step(cl, lambda d: pinn_loss(net, p, b, ints[d]).total)
+        opt.step(PINNObjective(net, p, s.batch(k), D, comm))
         st1.append(opt.last_step.stage1_seconds)
     q.put((rank, round(statistics.median(st1[2:]), 3), round(sum(t for t, _ in rec[2:]), 2), sum(c for _, c in rec[2:])))
     if world > 1: dist.destroy_process_group()

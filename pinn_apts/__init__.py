@@ -8,6 +8,7 @@ from .loss import LossTerms, pinn_loss
 from .metrics import RelativeL2Error
 from .model import MLP
 from .apts import APTS, APTSConfig
+from .objective import PINNObjective
 from .modules import APTSPINN, AdamPINN, LBFGSPINN, PINNModule, TrustRegionPINN
 from .optim import TrustRegion
 from .trust_region import StopReason, TrustRegionConfig, steihaug_cg, update_radius
@@ -41,6 +42,7 @@ __all__ = [
     "PDEProblem",
     "PINNDataModule",
     "PINNModule",
+    "PINNObjective",
     "RelativeL2Error",
     "StopReason",
     "TrustRegion",

@@ -39,25 +39,25 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
-from typing import Literal
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, fields
+from typing import Literal, Protocol
 
 import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .distributed import Communicator, replicas_of_rank
-from .optim import trust_region_step
+from .optim import StepInfo, trust_region_step
 from .replicas import LocalSolveResult, batched_local_solves, local_solves
 from .trust_region import DEFAULT_RADIUS, StopReason, TrustRegionConfig, reduction_ratio, update_radius
 
-__all__ = ["APTS", "APTSConfig", "APTSStepInfo", "resolve_replicas"]
+__all__ = ["APTS", "APTSConfig", "APTSObjective", "APTSStepInfo", "APTSTotals", "Objective", "resolve_replicas"]
 
 
 @dataclass(frozen=True)
 class APTSConfig:
-    """The APTS-specific settings (the trust-region constants are a :class:`TrustRegionConfig`).
+    """The settings of APTS: its own and, in ``trust_region``, those of every trust-region step.
 
     Parameters
     ----------
@@ -71,11 +71,13 @@ class APTSConfig:
         Retry a rejected local step with the smaller radius instead of counting it as one of ``J``.
     replicas:
         ``"sequential"``: the replicas one after another on the model's parameters;
-        ``"batched"``: all as one batched computation (needs ``batched_local_loss``);
+        ``"batched"``: all as one batched computation (needs an objective with ``stacked_local``);
         ``"auto"``: whichever :func:`resolve_replicas` picks for the device, where it was faster.
     stage1_radius:
         How Stage I moves ``Delta`` (see :func:`stage1_radius_update`): ``"keep"`` (default),
         ``"decrease"`` or ``"ratio"``.
+    trust_region:
+        The constants of the global and the local trust-region steps (defaults: the paper's).
     """
 
     num_subdomains: int = 4
@@ -84,6 +86,7 @@ class APTSConfig:
     local_retry: bool = False
     replicas: Literal["sequential", "batched", "auto"] = "auto"
     stage1_radius: Literal["ratio", "decrease", "keep"] = "keep"
+    trust_region: TrustRegionConfig = TrustRegionConfig()
 
     def __post_init__(self) -> None:
         for name in ("num_subdomains", "local_steps"):
@@ -99,10 +102,25 @@ class APTSConfig:
         if self.replicas == "batched" and self.local_retry:
             raise ValueError("local_retry must be False with replicas='batched'")
 
+    def flat(self) -> dict:
+        """Every setting under its own name, the trust-region constants beside the APTS ones
+        (as an optimizer's parameter group and the modules' arguments hold them)."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "trust_region"}
+        return {**asdict(self.trust_region), **own}
 
-@dataclass
+    @classmethod
+    def from_mapping(cls, mapping: Mapping) -> APTSConfig:
+        """The config held flat in ``mapping`` (an optimizer's parameter group), other keys ignored."""
+        own = {f.name: mapping[f.name] for f in fields(cls) if f.name != "trust_region"}
+        return cls(**own, trust_region=TrustRegionConfig.from_mapping(mapping))
+
+
+@dataclass(frozen=True)
 class APTSStepInfo:
-    """What one outer iteration did (plain types: checkpoint-safe)."""
+    """What one outer iteration did.
+
+    The optimizer keeps it in its state as :meth:`to_state` (plain types: checkpoint-safe).
+    """
 
     loss: float  #: L(theta_k)
     stage1_loss: float  #: L(theta_k + s_bar), the preconditioner's trial loss
@@ -114,21 +132,104 @@ class APTSStepInfo:
     local_accepted: int
     local_steps: int
     local_cg_iterations: int
-    local_reasons: dict[str, int]
-    stage2: dict  #: the global step's :class:`~pinn_apts.optim.StepInfo` as a dict
+    local_reasons: dict[StopReason, int]  #: local subproblems by why their CG stopped
+    stage2: StepInfo  #: the global trust-region step
     radius: float  #: Delta_{k+1}
     new_loss: float  #: L(theta_{k+1})
     stage1_seconds: float
     stage2_seconds: float
 
+    def to_state(self) -> dict:
+        return {**asdict(self), "local_reasons": {r.value: n for r, n in self.local_reasons.items()},
+                "stage2": self.stage2.to_state()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> APTSStepInfo:
+        return cls(**{**state, "local_reasons": {StopReason(r): n for r, n in state["local_reasons"].items()},
+                      "stage2": StepInfo.from_state(state["stage2"])})
+
+    def metrics(self) -> dict[str, float]:
+        """The logged scalars of the iteration (``apts/...``, ``time/stage1``, ``time/stage2``)."""
+        local = max(self.local_steps, 1)
+        metrics = {
+            "apts/radius": self.radius,
+            "apts/stage1_radius": self.stage1_radius,
+            "apts/stage1_accepted": float(self.stage1_accepted),
+            "apts/stage1_rho": self.stage1_rho if math.isfinite(self.stage1_rho) else -1.0,
+            "apts/correction_norm": self.correction_norm,
+            "apts/max_replica_norm": self.max_replica_norm,
+            "apts/local_acceptance": self.local_accepted / local,
+            "apts/local_cg_iterations": self.local_cg_iterations,
+            "apts/stage1_non_finite": float(not math.isfinite(self.stage1_loss)),
+            **self.stage2.metrics("apts/stage2_"),
+            "time/stage1": self.stage1_seconds,
+            "time/stage2": self.stage2_seconds,
+        }
+        metrics.update({f"apts/local_stop/{r.value}": self.local_reasons.get(r, 0) / local for r in StopReason})
+        return metrics
+
+
+@dataclass(frozen=True)
+class APTSTotals:
+    """Counters of an :class:`APTS` optimizer over its whole run."""
+
+    iterations: int = 0
+    stage1_accepted: int = 0
+    stage2_tries: int = 0
+    stage2_floor_hits: int = 0  #: Stage II steps that reached min_radius without an acceptable step
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Fraction of outer iterations whose Stage I trial step was accepted."""
+        return self.stage1_accepted / max(self.iterations, 1)
+
+    @property
+    def mean_stage2_tries(self) -> float:
+        return self.stage2_tries / max(self.iterations, 1)
+
+    def metrics(self) -> dict[str, float]:
+        return {"apts/stage1_acceptance_rate": self.acceptance_rate, "apts/stage2_mean_tries": self.mean_stage2_tries}
+
+
+class APTSObjective(Protocol):
+    """What :meth:`APTS.step` minimizes; :class:`~pinn_apts.objective.PINNObjective` is one.
+
+    Each method evaluates at the optimizer's parameters as they are when called and returns
+    the loss with its graph, without calling backward.
+    """
+
+    def full(self) -> Tensor:
+        """The full loss ``L`` (across processes: this process's share, summed by the optimizer)."""
+
+    def local(self, d: int) -> Tensor:
+        """Replica ``d``'s objective ``L_k^d`` (sequential replicas)."""
+
+
+@dataclass
+class Objective:
+    """An :class:`APTSObjective` from plain functions, for any model.
+
+    ``full()`` and ``local(d)`` as in :class:`APTSObjective`; ``stacked_local(flat)``, needed by
+    batched replicas only, maps the parameters of this process's replicas stacked as ``(R, P)``
+    (each row in the order of ``parameters_to_vector``) to their ``(R,)`` local losses.
+    """
+
+    full: Callable[[], Tensor]
+    local: Callable[[int], Tensor] | None = None
+    stacked_local: Callable[[Tensor], Tensor] | None = None
+
+    @property
+    def can_stack(self) -> bool:
+        return self.stacked_local is not None
+
 
 class APTS(torch.optim.Optimizer):
     """Data-parallel Additively Preconditioned Trust-Region Strategy (Algorithm 1).
 
-    ``step(closure, local_loss)``: ``closure()`` evaluates the full loss ``L`` at the current
-    parameters and ``local_loss(d)`` replica ``d``'s objective ``L_k^d``, both returning the loss
-    with its graph and without calling backward.  See the module docstring for the algorithm
-    and the choices made where the paper is silent.
+    ``step(objective)`` is one outer iteration on an :class:`APTSObjective`:
+    ``objective.full()`` evaluates the full loss ``L`` at the current parameters and
+    ``objective.local(d)`` replica ``d``'s objective ``L_k^d``.  See the module docstring for
+    the algorithm and the choices made where the paper is silent.
 
     Parameters
     ----------
@@ -143,14 +244,15 @@ class APTS(torch.optim.Optimizer):
         each default is defined: the paper's).
     communicator:
         Across processes (:class:`~pinn_apts.distributed.TorchDistributed`): this rank solves
-        only its own ``D/W`` replicas (``local_loss(d)`` is asked for those alone, and
-        ``batched_local_loss`` gets them stacked), the corrections are summed with one
-        collective, and ``closure()`` returns this rank's *share* of the full loss (see
-        :func:`~pinn_apts.loss.pinn_loss_share`), whose
-        values, gradients and Hessian-vector products are summed.  Every rank then holds the
-        same parameters and radius.  Default: one process.
+        only its own ``D/W`` replicas (:attr:`replicas`; ``objective.local(d)`` is asked for those
+        alone, and ``objective.stacked_local`` gets them stacked), the corrections are summed
+        with one collective, and ``objective.full()`` returns this rank's *share* of the full
+        loss (see :func:`~pinn_apts.loss.pinn_loss_share`), whose values, gradients and
+        Hessian-vector products are summed.  Every rank then holds the same parameters and
+        radius.  Default: one process.
 
-    The radius, counters and the last iteration's record live in ``state_dict()``.
+    The radius, the counters (:attr:`totals`) and the last iteration's record
+    (:attr:`last_step`) live in ``state_dict()``.
     """
 
     def __init__(
@@ -176,29 +278,18 @@ class APTS(torch.optim.Optimizer):
     ) -> None:
         tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
         tr.check_radius("radius", radius)
-        apts = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius)
-        super().__init__(params, {**asdict(tr), **asdict(apts)})
+        config = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius, tr)
+        super().__init__(params, config.flat())
         if len(self.param_groups) != 1:
             raise ValueError("APTS supports a single parameter group")
         self.communicator = communicator or Communicator()
-        replicas_of_rank(num_subdomains, self.communicator.rank, self.communicator.world_size)
-        self.state["apts"] = {
-            "radius": float(radius),
-            "iterations": 0,
-            "stage1_accepted": 0,
-            "stage2_tries": 0,
-            "stage2_floor_hits": 0,
-            "last": None,
-        }
+        #: the replicas this process owns
+        self.replicas = replicas_of_rank(num_subdomains, self.communicator.rank, self.communicator.world_size)
+        self.state["apts"] = {"radius": float(radius), **asdict(APTSTotals()), "last": None}
 
     @property
-    def trust_region_config(self) -> TrustRegionConfig:
-        return TrustRegionConfig.from_mapping(self.param_groups[0])
-
-    @property
-    def apts_config(self) -> APTSConfig:
-        group = self.param_groups[0]
-        return APTSConfig(**{k: group[k] for k in APTSConfig.__dataclass_fields__})
+    def config(self) -> APTSConfig:
+        return APTSConfig.from_mapping(self.param_groups[0])
 
     @property
     def radius(self) -> float:
@@ -207,47 +298,60 @@ class APTS(torch.optim.Optimizer):
     @property
     def last_step(self) -> APTSStepInfo | None:
         last = self.state["apts"]["last"]
-        return None if last is None else APTSStepInfo(**last)
+        return None if last is None else APTSStepInfo.from_state(last)
+
+    @property
+    def totals(self) -> APTSTotals:
+        record = self.state["apts"]
+        return APTSTotals(**{f.name: record[f.name] for f in fields(APTSTotals)})
 
     @property
     def acceptance_rate(self) -> float:
         """Fraction of outer iterations whose Stage I trial step was accepted."""
-        record = self.state["apts"]
-        return record["stage1_accepted"] / max(record["iterations"], 1)
+        return self.totals.acceptance_rate
 
     def step(  # type: ignore[override]
-        self,
-        closure: Callable[[], Tensor],
-        local_loss: Callable[[int], Tensor] | None = None,
-        batched_local_loss: Callable[[list[Tensor]], Tensor] | None = None,
+        self, objective: APTSObjective | None = None, closure: Callable[[], object] | None = None
     ) -> Tensor:
-        """One outer iteration.
+        """One outer iteration on ``objective``; returns ``L(theta_k)``.
 
-        ``batched_local_loss(stacked)``, needed with ``replicas="batched"``, maps the parameters
-        stacked as ``(D, *p.shape)`` to the ``D`` local losses.
+        ``closure`` is there for Lightning's manual optimization (``optimizers().step(objective=...)``
+        hands one that runs its hooks): it is called once, before the iteration, and its value is
+        not used.  With ``replicas="batched"`` the objective needs ``stacked_local``.
         """
-        params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
-        apts, comm = self.apts_config, self.communicator
-        replicas = replicas_of_rank(apts.num_subdomains, comm.rank, comm.world_size)
-        mode = resolve_replicas(apts.replicas, params[0].device, len(replicas), apts.local_retry,
-                                can_batch=batched_local_loss is not None)
-        local = local_loss if mode == "sequential" else batched_local_loss
-        if closure is None or local is None:
+        config = self.config
+        if objective is None or not callable(getattr(objective, "full", None)):
             raise ValueError(
-                f"APTS.step needs closure() (the full loss) and, for replicas={apts.replicas!r}, "
-                + ("local_loss(d)" if mode == "sequential" else "batched_local_loss(stacked)")
+                "APTS.step needs objective=, an object with full() and local(d) (the full loss and replica "
+                "d's loss): a pinn_apts.PINNObjective, or pinn_apts.apts.Objective(full, local) of plain functions"
             )
+        owned = getattr(objective, "replicas", None)
+        if owned is not None and list(owned) != list(self.replicas):
+            raise ValueError(
+                f"the objective's replicas {list(owned)} are not this process's {list(self.replicas)}: build it with "
+                f"num_subdomains={config.num_subdomains} and the optimizer's communicator"
+            )
+        params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
+        can_batch = bool(getattr(objective, "can_stack", False))
+        mode = resolve_replicas(config.replicas, params[0].device, len(self.replicas), config.local_retry,
+                                can_batch=can_batch)
+        local = getattr(objective, "local", None) if mode == "sequential" else objective.stacked_local
+        if local is None:
+            raise ValueError(f"APTS.step with replicas={config.replicas!r} needs an objective with local(d)")
+        if closure is not None:
+            closure()
         start = parameters_to_vector(params).detach().clone()
         try:
-            return self._outer_iteration(params, start, closure, local, mode, replicas)
+            return self._outer_iteration(params, start, objective.full, local, mode)
         except FloatingPointError:
             with torch.no_grad():  # never leave a half-done iteration behind
                 vector_to_parameters(start, params)
             raise
 
     def _outer_iteration(self, params: list[Tensor], start: Tensor, closure: Callable[[], Tensor],
-                         local: Callable, mode: str, replicas: range) -> Tensor:
-        tr, apts = self.trust_region_config, self.apts_config
+                         local: Callable, mode: str) -> Tensor:
+        config = self.config
+        tr, replicas = config.trust_region, self.replicas
         record = self.state["apts"]
         radius = record["radius"]
         comm = self.communicator
@@ -262,12 +366,12 @@ class APTS(torch.optim.Optimizer):
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
         if mode == "batched":
-            solved = batched_local_solves(params, local, radius, tr, replicas, apts.local_steps)
+            solved = batched_local_solves(params, local, radius, tr, replicas, config.local_steps)
         else:
-            solved = local_solves(params, local, replicas, radius, tr, apts.local_steps, apts.local_retry)
+            solved = local_solves(params, local, replicas, radius, tr, config.local_steps, config.local_retry)
         # one collective: this rank's corrections and counters, summed over the ranks
-        summed = _unpack(total(_pack(solved, apts.num_subdomains)), start.numel(), apts.num_subdomains)
-        scale = 1.0 / apts.num_subdomains if apts.combine == "average" else 1.0
+        summed = _unpack(total(_pack(solved, config.num_subdomains)), start.numel(), config.num_subdomains)
+        scale = 1.0 / config.num_subdomains if config.combine == "average" else 1.0
         correction = scale * summed.correction_sum
         with torch.no_grad():
             vector_to_parameters(start + correction, params)
@@ -276,7 +380,7 @@ class APTS(torch.optim.Optimizer):
         trial_value = float(total(trial.detach()))
         accepted = math.isfinite(trial_value) and trial_value < loss_value
         rho = reduction_ratio(loss_value - trial_value, scale * summed.predicted_sum)
-        radius = stage1_radius_update(apts.stage1_radius, radius, accepted, rho, summed.hit_boundary, tr)
+        radius = stage1_radius_update(config.stage1_radius, radius, accepted, rho, summed.hit_boundary, tr)
         if not accepted:
             with torch.no_grad():
                 vector_to_parameters(start, params)
@@ -301,18 +405,21 @@ class APTS(torch.optim.Optimizer):
             local_steps=summed.local_steps,
             local_cg_iterations=summed.cg_iterations,
             local_reasons=summed.reasons,
-            stage2=asdict(global_step),
+            stage2=global_step,
             radius=radius,
             new_loss=global_step.new_loss,
             stage1_seconds=t1 - t0,
             stage2_seconds=t2 - t1,
         )
-        record["radius"] = radius
-        record["iterations"] += 1
-        record["stage1_accepted"] += int(accepted)
-        record["stage2_tries"] += global_step.tries
-        record["stage2_floor_hits"] += int(not global_step.accepted)
-        record["last"] = asdict(info)
+        totals = self.totals
+        record.update(
+            radius=radius,
+            iterations=totals.iterations + 1,
+            stage1_accepted=totals.stage1_accepted + int(accepted),
+            stage2_tries=totals.stage2_tries + global_step.tries,
+            stage2_floor_hits=totals.stage2_floor_hits + int(not global_step.accepted),
+            last=info.to_state(),
+        )
         return torch.tensor(loss_value)
 
 
@@ -361,7 +468,7 @@ def _pack(solved: LocalSolveResult, num_replicas: int) -> Tensor:
     for d, norm in solved.correction_norms.items():
         norms[d] = norm
     counters = [solved.predicted_sum, float(solved.hit_boundary), solved.local_accepted, solved.local_steps,
-                solved.cg_iterations, *(solved.reasons.get(r.value, 0) for r in _REASONS)]
+                solved.cg_iterations, *(solved.reasons.get(r, 0) for r in _REASONS)]
     tail = torch.tensor(counters, dtype=solved.correction_sum.dtype)
     return torch.cat([solved.correction_sum, tail.to(solved.correction_sum.device), norms.to(solved.correction_sum.device)])
 
@@ -369,7 +476,7 @@ def _pack(solved: LocalSolveResult, num_replicas: int) -> Tensor:
 def _unpack(packed: Tensor, size: int, num_replicas: int) -> LocalSolveResult:
     values = packed[size:].tolist()
     counters, norms = values[: 5 + len(_REASONS)], values[5 + len(_REASONS):]
-    reasons = {r.value: int(n) for r, n in zip(_REASONS, counters[5:]) if n}
+    reasons = {r: int(n) for r, n in zip(_REASONS, counters[5:]) if n}
     return LocalSolveResult(
         packed[:size], counters[0], dict(enumerate(norms)), local_steps=int(counters[3]),
         local_accepted=int(counters[2]), cg_iterations=int(counters[4]), hit_boundary=counters[1] > 0,

@@ -8,7 +8,6 @@ group, which Lightning's DDP strategy sets up (gloo on CPUs, NCCL on GPUs).
 
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 from torch import Tensor
 

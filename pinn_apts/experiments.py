@@ -91,6 +91,7 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     """
     from torch.nn.utils import parameters_to_vector
 
+    from .apts import APTS
     from .cli import cli_main
 
     target = out / f"{problem}_{method}_s{seed}.json"
@@ -122,10 +123,9 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
         "final_parameters": parameters_to_vector(model.net.parameters()).double().tolist(),
     }
     optimizer = cli.trainer.optimizers[0]
-    if "apts" in optimizer.state:
-        state = optimizer.state["apts"]
-        record["stage1_acceptance_rate"] = state["stage1_accepted"] / max(state["iterations"], 1)
-        record["mean_stage2_tries"] = state["stage2_tries"] / max(state["iterations"], 1)
+    if isinstance(optimizer, APTS):
+        record["stage1_acceptance_rate"] = optimizer.totals.acceptance_rate
+        record["mean_stage2_tries"] = optimizer.totals.mean_stage2_tries
     out.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".json.part")
     partial.write_text(json.dumps(record))

@@ -9,10 +9,8 @@ from :class:`PINNModule`, and an optimizer only implements
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -25,16 +23,17 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torchmetrics import MeanSquaredError
 
 from .callbacks import GracefulStop, RunReport
-from .loss import LossTerms, check_loss_finite, pinn_loss, pinn_loss_share, stacked_pinn_loss
+from .loss import LossTerms, check_loss_finite, pinn_loss
+from .objective import PINNObjective
 from .sampling import CollocationBatch
 from .metrics import RelativeL2Error, error_figure
 from .model import MLP
 from .apts import APTS, APTSConfig
-from .distributed import default_communicator, replicas_of_rank
+from .distributed import default_communicator
 from .optim import StepInfo, TrustRegion
 from .checkpoints import RESUME_HINT, class_path, refuse_other_settings
 from .problems import PDEProblem, check_int, check_positive, resolve_problem
-from .trust_region import DEFAULT_RADIUS, StopReason, TrustRegionConfig
+from .trust_region import DEFAULT_RADIUS, TrustRegionConfig
 
 __all__ = ["APTSPINN", "AdamPINN", "LBFGSPINN", "PINNModule", "TrustRegionPINN"]
 
@@ -248,6 +247,10 @@ class PINNModule(L.LightningModule):
         log.info("error figure written to %s", run_dir / "error.png")
 
     # ------------------------------------------------------------- baselines
+    def objective(self, batch: CollocationBatch) -> PINNObjective:
+        """The loss on ``batch`` as the objective the optimizer minimizes."""
+        return PINNObjective(self.net, self.problem, batch)
+
     def torch_optimizer_steps(self, batch: CollocationBatch, steps: int) -> LossTerms:
         """Take ``steps`` full-batch steps of this module's ``torch.optim`` optimizer.
 
@@ -255,23 +258,21 @@ class PINNModule(L.LightningModule):
         and raises ``FloatingPointError`` naming the iteration and the term.
         """
         opt = self.optimizers()
-        params = [p for group in opt.param_groups for p in group["params"]]
+        objective = self.objective(batch)
+        params = objective.parameters
         start = parameters_to_vector(params).detach().clone()
-        first: list[LossTerms] = []
 
         def closure() -> Tensor:
             opt.zero_grad()
-            terms = self.loss_terms(batch)
             try:
-                check_loss_finite(terms, batch.iteration)
+                loss = objective.full()
+                check_loss_finite(objective.last_terms, batch.iteration)
             except FloatingPointError:
                 with torch.no_grad():
                     vector_to_parameters(start, params)
                 raise
-            self.manual_backward(terms.total)
-            if not first:
-                first.append(LossTerms(*(t.detach() for t in terms)))
-            return terms.total
+            self.manual_backward(loss)
+            return loss
 
         for i in range(steps):
             # Lightning counts every LightningOptimizer step as a global step; only the
@@ -280,36 +281,17 @@ class PINNModule(L.LightningModule):
                 opt.optimizer.step(closure)
             else:
                 opt.step(closure=closure)
-        return first[0]
+        return objective.entry_terms
 
-
-@contextmanager
-def _name_non_finite_term(last: list[LossTerms], iteration: int, earlier: int | None = None) -> Iterator[None]:
-    """Re-raise a trust-region ``FloatingPointError`` naming the iteration and the loss term
-    (and the last earlier iteration whose trial losses were non-finite)."""
-    try:
-        yield
-    except FloatingPointError as err:
-        history = "" if earlier is None else f"; trial losses were last non-finite at outer iteration {earlier}"
-        if last:
-            try:
-                check_loss_finite(last[0], iteration)
-            except FloatingPointError as named:
-                raise FloatingPointError(f"{named} ({err}){history}") from err
-        if history:
-            raise FloatingPointError(f"{err}{history}") from err
-        raise
-
-
-def _report_non_finite_trials(module: PINNModule, iteration: int, stage: str, info: StepInfo) -> None:
-    """Log (naming the iteration) and remember a trust-region step whose trial losses were non-finite."""
-    count = info.non_finite_trials
-    if not count:
-        return
-    module.last_non_finite_trials = iteration
-    outcome = "a later try was accepted" if info.accepted else "no step was accepted down to min_radius"
-    log.warning("outer iteration %d: %d of %d %s trial losses were non-finite and rejected; %s",
-                iteration, count, info.tries, stage, outcome)
+    def report_non_finite_trials(self, iteration: int, stage: str, info: StepInfo) -> None:
+        """Log (naming the iteration) and remember a trust-region step whose trial losses were non-finite."""
+        count = info.non_finite_trials
+        if not count:
+            return
+        self.last_non_finite_trials = iteration
+        outcome = "a later try was accepted" if info.accepted else "no step was accepted down to min_radius"
+        log.warning("outer iteration %d: %d of %d %s trial losses were non-finite and rejected; %s",
+                    iteration, count, info.tries, stage, outcome)
 
 
 class AdamPINN(PINNModule):
@@ -438,37 +420,16 @@ class TrustRegionPINN(PINNModule):
 
     def outer_iteration(self, batch: CollocationBatch) -> tuple[LossTerms, dict[str, float]]:
         opt = self.optimizers()
-        first: list[LossTerms] = []
-
-        last: list[LossTerms] = []
-
-        def closure() -> Tensor:
-            terms = self.loss_terms(batch)
-            if not first:
-                check_loss_finite(terms, batch.iteration)
-                first.append(LossTerms(*(t.detach() for t in terms)))
-            last[:] = [terms]
-            return terms.total
-
-        tries = cg = non_finite = 0
+        objective = self.objective(batch)
+        steps = []
         for i in range(self.steps_per_iteration):
             # as in torch_optimizer_steps: one LightningOptimizer step per outer iteration
-            with _name_non_finite_term(last, batch.iteration, self.last_non_finite_trials):
-                (opt.optimizer.step if i < self.steps_per_iteration - 1 else opt.step)(closure=closure)
-            info = opt.optimizer.last_step
-            _report_non_finite_trials(self, batch.iteration, "trust-region", info)
-            tries, cg, non_finite = tries + info.tries, cg + info.cg_iterations, non_finite + info.non_finite_trials
-        record = opt.optimizer.state["trust_region"]
-        metrics = {
-            "tr/radius": info.radius,
-            "tr/tries": tries,
-            "tr/cg_iterations": cg,
-            "tr/accepted": float(info.accepted),
-            "tr/non_finite_trials": non_finite,
-            "tr/acceptance_rate": record["accepted"] / max(record["steps"], 1),
-        }
-        metrics.update({f"tr/stop/{r.value}": float(r.value == info.reason) for r in StopReason})
-        return first[0], metrics
+            with objective.naming_non_finite(self.last_non_finite_trials):
+                (opt.optimizer.step if i < self.steps_per_iteration - 1 else opt.step)(closure=objective.full)
+            steps.append(opt.optimizer.last_step)
+            self.report_non_finite_trials(batch.iteration, "trust-region", steps[-1])
+        metrics = {"tr/radius": steps[-1].radius, **StepInfo.of_steps(steps).metrics("tr/")}
+        return objective.entry_terms, {**metrics, **opt.optimizer.totals.metrics()}
 
 
 class APTSPINN(PINNModule):
@@ -556,65 +517,17 @@ class APTSPINN(PINNModule):
     def configure_optimizers(self) -> APTS:
         return APTS(self.net.parameters(), **self.optimizer_kwargs, communicator=default_communicator())
 
+    def objective(self, batch: CollocationBatch) -> PINNObjective:
+        comm = self.optimizers().optimizer.communicator
+        return PINNObjective(self.net, self.problem, batch, self.num_subdomains, comm)
+
     def outer_iteration(self, batch: CollocationBatch) -> tuple[LossTerms, dict[str, float]]:
         opt = self.optimizers()
-        comm = opt.optimizer.communicator
-        parts = batch.partition(self.num_subdomains)
-        interiors = [batch.interior[part] for part in parts]
-        own = replicas_of_rank(self.num_subdomains, comm.rank, comm.world_size)
-        first: list[LossTerms] = []
-        last: list[LossTerms] = []
-
-        def closure() -> Tensor:
-            if comm.world_size == 1:
-                terms = self.loss_terms(batch)
-            else:
-                own_points = torch.cat([interiors[d] for d in own])
-                terms = pinn_loss_share(self.net, self.problem, batch, own_points, comm.rank, comm.world_size)
-            if not first:
-                # the loss at theta_k, summed over the ranks, for the log and the finiteness check
-                full = LossTerms(*comm.all_reduce_sum(torch.stack([t.detach() for t in terms])))
-                check_loss_finite(full, batch.iteration)
-                first.append(full)
-            last[:] = [terms]
-            return terms.total
-
-        def local_loss(d: int) -> Tensor:
-            terms = self.loss_terms(batch, interiors[d])
-            last[:] = [terms]
-            return terms.total
-
-        def batched_local_loss(stacked: list[Tensor]) -> Tensor:
-            return stacked_pinn_loss(stacked[0::2], stacked[1::2], self.problem, batch, [parts[d] for d in own])
-
-        with _name_non_finite_term(last, batch.iteration, self.last_non_finite_trials):
-            opt.step(closure=closure, local_loss=local_loss, batched_local_loss=batched_local_loss)
         apts: APTS = opt.optimizer
+        objective = self.objective(batch)
+        with objective.naming_non_finite(self.last_non_finite_trials):
+            opt.step(objective=objective)
         info = apts.last_step
-        stage2 = info.stage2
-        _report_non_finite_trials(self, batch.iteration, "Stage II", StepInfo(**stage2))
-        metrics = {
-            "apts/radius": info.radius,
-            "apts/stage1_radius": info.stage1_radius,
-            "apts/stage1_accepted": float(info.stage1_accepted),
-            "apts/stage1_acceptance_rate": apts.acceptance_rate,
-            "apts/stage1_rho": info.stage1_rho if math.isfinite(info.stage1_rho) else -1.0,
-            "apts/correction_norm": info.correction_norm,
-            "apts/max_replica_norm": info.max_replica_norm,
-            "apts/local_acceptance": info.local_accepted / max(info.local_steps, 1),
-            "apts/local_cg_iterations": info.local_cg_iterations,
-            "apts/stage2_tries": stage2["tries"],
-            "apts/stage2_mean_tries": apts.state["apts"]["stage2_tries"] / apts.state["apts"]["iterations"],
-            "apts/stage2_cg_iterations": stage2["cg_iterations"],
-            "apts/stage2_accepted": float(stage2["accepted"]),
-            "apts/stage2_non_finite_trials": stage2.get("non_finite_trials", 0),
-            "apts/stage1_non_finite": float(not math.isfinite(info.stage1_loss)),
-            "time/stage1": info.stage1_seconds,
-            "time/stage2": info.stage2_seconds,
-        }
-        metrics["apts/processes"] = comm.world_size
-        metrics.update({f"apts/stage2_stop/{r.value}": float(r.value == stage2["reason"]) for r in StopReason})
-        metrics.update(
-            {f"apts/local_stop/{r.value}": info.local_reasons.get(r.value, 0) / max(info.local_steps, 1) for r in StopReason}
-        )
-        return first[0], metrics
+        self.report_non_finite_trials(batch.iteration, "Stage II", info.stage2)
+        metrics = {**info.metrics(), **apts.totals.metrics(), "apts/processes": apts.communicator.world_size}
+        return objective.entry_terms, metrics

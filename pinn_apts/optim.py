@@ -14,32 +14,89 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from .trust_region import DEFAULT_RADIUS, StopReason, TrustRegionConfig, flat_hvp, reduction_ratio, steihaug_cg, update_radius
+from .trust_region import (
+    DEFAULT_RADIUS,
+    StopReason,
+    TrustRegionConfig,
+    capped_radius,
+    flat_hvp,
+    reduction_ratio,
+    steihaug_cg,
+    update_radius,
+)
 
-__all__ = ["StepInfo", "TrustRegion", "trust_region_step"]
+__all__ = ["StepInfo", "TrustRegion", "TrustRegionTotals", "trust_region_step"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepInfo:
-    """What one accepted-or-abandoned trust-region step did (plain types: checkpoint-safe)."""
+    """What one accepted-or-abandoned trust-region step did.
+
+    Optimizers keep it in their state as :meth:`to_state` (plain types: checkpoint-safe) and
+    give it back through :meth:`from_state`.
+    """
 
     loss: float  #: loss at the start of the step
     new_loss: float  #: loss after the step (equal to ``loss`` if no step was accepted)
     accepted: bool  #: False only if the radius hit ``min_radius`` without an acceptable step
     tries: int  #: subproblems tried, the accepted one included
     cg_iterations: int  #: CG iterations over all tries
-    reason: str  #: ``StopReason`` value of the last subproblem
+    reason: StopReason  #: why CG stopped on the last subproblem
     radius: float  #: radius after the step
     rho: float  #: ratio of the last try
     step_norm: float  #: norm of the accepted step (0 if none)
     predicted_reduction: float  #: model decrease of the accepted step (0 if none)
     non_finite_trials: int = 0  #: tries rejected because the trial loss or a Hessian-vector product was not finite
+
+    def to_state(self) -> dict:
+        return {**asdict(self), "reason": self.reason.value}
+
+    @classmethod
+    def from_state(cls, state: dict) -> StepInfo:
+        return cls(**{**state, "reason": StopReason(state["reason"])})
+
+    @classmethod
+    def of_steps(cls, steps: Sequence[StepInfo]) -> StepInfo:
+        """The record of consecutive steps: counts summed, the rest from the first (``loss``) or last step."""
+        first, last = steps[0], steps[-1]
+        return cls(first.loss, last.new_loss, last.accepted, sum(s.tries for s in steps),
+                   sum(s.cg_iterations for s in steps), last.reason, last.radius, last.rho, last.step_norm,
+                   last.predicted_reduction, sum(s.non_finite_trials for s in steps))
+
+    def metrics(self, prefix: str) -> dict[str, float]:
+        """The logged scalars, named ``prefix + name`` (``tr/tries``, ``apts/stage2_tries``, ...)."""
+        metrics = {
+            f"{prefix}tries": self.tries,
+            f"{prefix}cg_iterations": self.cg_iterations,
+            f"{prefix}accepted": float(self.accepted),
+            f"{prefix}non_finite_trials": self.non_finite_trials,
+        }
+        metrics.update({f"{prefix}stop/{r.value}": float(r == self.reason) for r in StopReason})
+        return metrics
+
+
+@dataclass(frozen=True)
+class TrustRegionTotals:
+    """Counters of a :class:`TrustRegion` optimizer over its whole run."""
+
+    steps: int = 0
+    accepted: int = 0
+    tries: int = 0
+    cg_iterations: int = 0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / max(self.steps, 1)
+
+    def metrics(self) -> dict[str, float]:
+        return {"tr/acceptance_rate": self.acceptance_rate}
 
 
 def trust_region_step(
@@ -105,15 +162,15 @@ def trust_region_step(
         rho = reduction_ratio(loss_value - trial_loss, result.predicted_reduction)
         accepted, new_radius = update_radius(radius, rho, result.hits_boundary, config)
         if accepted:
-            info = StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason.value,
-                            min(new_radius, cap), rho, float(result.step.norm()), result.predicted_reduction,
+            info = StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason,
+                            capped_radius(new_radius, True, cap, config), rho, float(result.step.norm()), result.predicted_reduction,
                             non_finite)
             return info, trial
         with torch.no_grad():
             vector_to_parameters(start, params)
         at_floor, radius = radius <= config.min_radius, new_radius
         if at_floor or not retry:
-            info = StepInfo(loss_value, loss_value, False, tries, cg_iterations, result.reason.value,
+            info = StepInfo(loss_value, loss_value, False, tries, cg_iterations, result.reason,
                             radius, rho, 0.0, 0.0, non_finite)
             return info, loss
         if result.reason in (StopReason.CONVERGED, StopReason.MAX_ITER):
@@ -168,14 +225,7 @@ class TrustRegion(torch.optim.Optimizer):
         super().__init__(params, asdict(config))
         if len(self.param_groups) != 1:
             raise ValueError("TrustRegion supports a single parameter group")
-        self.state["trust_region"] = {
-            "radius": float(radius),
-            "steps": 0,
-            "accepted": 0,
-            "tries": 0,
-            "cg_iterations": 0,
-            "last": None,
-        }
+        self.state["trust_region"] = {"radius": float(radius), **asdict(TrustRegionTotals()), "last": None}
 
     @property
     def config(self) -> TrustRegionConfig:
@@ -188,7 +238,12 @@ class TrustRegion(torch.optim.Optimizer):
     @property
     def last_step(self) -> StepInfo | None:
         last = self.state["trust_region"]["last"]
-        return None if last is None else StepInfo(**last)
+        return None if last is None else StepInfo.from_state(last)
+
+    @property
+    def totals(self) -> TrustRegionTotals:
+        record = self.state["trust_region"]
+        return TrustRegionTotals(**{f.name: record[f.name] for f in fields(TrustRegionTotals)})
 
     def step(self, closure: Callable[[], Tensor]) -> Tensor:  # type: ignore[override]
         if closure is None:
@@ -196,10 +251,10 @@ class TrustRegion(torch.optim.Optimizer):
         params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
         record = self.state["trust_region"]
         info, _ = trust_region_step(closure, params, record["radius"], self.config)
-        record["radius"] = info.radius
-        record["steps"] += 1
-        record["accepted"] += int(info.accepted)
-        record["tries"] += info.tries
-        record["cg_iterations"] += info.cg_iterations
-        record["last"] = asdict(info)
+        totals = self.totals
+        record.update(
+            radius=info.radius, steps=totals.steps + 1, accepted=totals.accepted + int(info.accepted),
+            tries=totals.tries + info.tries, cg_iterations=totals.cg_iterations + info.cg_iterations,
+            last=info.to_state(),
+        )
         return torch.tensor(info.loss)

@@ -20,7 +20,14 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .optim import trust_region_step
-from .trust_region import StopReason, TrustRegionConfig, reduction_ratio, stacked_steihaug_cg, update_radius
+from .trust_region import (
+    StopReason,
+    TrustRegionConfig,
+    capped_radius,
+    reduction_ratio,
+    stacked_steihaug_cg,
+    update_radius,
+)
 
 __all__ = [
     "LocalSolveResult",
@@ -39,7 +46,7 @@ class LocalSolveResult:
     local_accepted: int = 0
     cg_iterations: int = 0
     hit_boundary: bool = False
-    reasons: dict[str, int] = field(default_factory=dict)
+    reasons: dict[StopReason, int] = field(default_factory=dict)
 
 
 def local_solves(
@@ -72,14 +79,14 @@ def local_solves(
                                                max_radius=local_cap, retry=local_retry, loss=loss)
             except FloatingPointError as err:
                 raise FloatingPointError(f"Stage I, replica {d}, local step {j + 1}: {err}") from err
-            local_radius = max(info.radius, config.min_radius)
+            local_radius = info.radius  # at most local_cap, at least min_radius
             result.local_steps += 1
             result.local_accepted += int(info.accepted)
             result.cg_iterations += info.cg_iterations
             result.reasons[info.reason] = result.reasons.get(info.reason, 0) + 1
             if info.accepted:
                 result.predicted_sum += info.predicted_reduction
-                result.hit_boundary |= info.reason in (StopReason.BOUNDARY.value, StopReason.NEGATIVE_CURVATURE.value)
+                result.hit_boundary |= info.reason in (StopReason.BOUNDARY, StopReason.NEGATIVE_CURVATURE)
         correction = parameters_to_vector(params).detach() - start
         result.correction_sum += correction
         result.correction_norms[d] = float(correction.norm())
@@ -90,7 +97,7 @@ def local_solves(
 
 def batched_local_solves(
     params: Sequence[Tensor],
-    batched_local_loss: Callable[[list[Tensor]], Tensor],
+    stacked_local: Callable[[Tensor], Tensor],
     radius: float,
     config: TrustRegionConfig,
     replicas: Sequence[int],
@@ -99,26 +106,21 @@ def batched_local_solves(
 ) -> LocalSolveResult:
     """Stage I's local solves for all ``D`` replicas at once (same contract as ``local_solves``).
 
-    ``batched_local_loss(stacked)`` takes the parameters of ``replicas`` stacked as
-    ``(len(replicas), *p.shape)`` (in the order of ``params``) and returns their local losses.
+    ``stacked_local(flat)`` takes the parameters of ``replicas`` stacked as one ``(len(replicas), P)``
+    tensor (each row in the order of ``params``) and returns their local losses, ``(len(replicas),)``.
     ``params`` (``theta_k``) are not modified.
     """
     num = len(replicas)
-    shapes = [p.shape for p in params]
-    sizes = [p.numel() for p in params]
     theta = torch.cat([p.detach().reshape(-1) for p in params])
     current = theta.expand(num, -1).clone()  # (D, P)
     local_cap = radius / local_steps
     radii = torch.full((num,), local_cap, dtype=theta.dtype, device=theta.device)
     result = LocalSolveResult(torch.zeros_like(theta), 0.0, {})
 
-    def unflatten(flat: Tensor) -> list[Tensor]:
-        return [chunk.reshape(num, *shape) for chunk, shape in zip(flat.split(sizes, dim=1), shapes)]
-
-    def losses_at(flat: Tensor, graph: bool) -> tuple[Tensor, list[Tensor]]:
-        stacked = [t.detach().requires_grad_(graph) for t in unflatten(flat)]
+    def losses_at(flat: Tensor, graph: bool) -> tuple[Tensor, Tensor]:
+        leaf = flat.detach().requires_grad_(graph)
         with torch.enable_grad():
-            return batched_local_loss(stacked), stacked
+            return stacked_local(leaf), leaf
 
     if local_retry:
         raise ValueError("batched replicas take local_retry=False only (a rejected local step is one of the J)")
@@ -131,8 +133,7 @@ def batched_local_solves(
             raise FloatingPointError(f"Stage I, replica {replicas[d]}, local step {j + 1}: non-finite loss "
                                      f"{float(loss_values[d])} at the current point of the trust-region step")
         with torch.enable_grad():
-            grads = torch.autograd.grad(loss.sum(), stacked, create_graph=True)
-        flat_grad_graph = torch.cat([g.reshape(num, -1) for g in grads], dim=1)
+            (flat_grad_graph,) = torch.autograd.grad(loss.sum(), stacked, create_graph=True)
         flat_grad = flat_grad_graph.detach()
         bad = ~torch.isfinite(flat_grad).all(dim=1)
         if bad.any():
@@ -141,8 +142,7 @@ def batched_local_solves(
                                      "at the current point of the trust-region step")
 
         def hvp(v: Tensor) -> Tensor:
-            products = torch.autograd.grad(flat_grad_graph, stacked, grad_outputs=v, retain_graph=True)
-            return torch.cat([h.reshape(num, -1) for h in products], dim=1)
+            return torch.autograd.grad(flat_grad_graph, stacked, grad_outputs=v, retain_graph=True)[0]
 
         cg = stacked_steihaug_cg(flat_grad, hvp, radii, max_iter=config.cg_max_iter,
                                  damping=config.damping, rtol=config.cg_rtol)
@@ -151,7 +151,7 @@ def batched_local_solves(
         # as trust_region_step does for one subproblem: a non-finite product rejects the step
         rho = torch.where(cg.non_finite, -math.inf, reduction_ratio(loss_values - trial_values.detach(), pred))
         accept, radii = update_radius(radii, rho, cg.hits_boundary, config)
-        radii = torch.where(accept, radii.clamp(max=local_cap), radii).clamp(min=config.min_radius)
+        radii = capped_radius(radii, accept, local_cap, config)
         current = torch.where(accept.unsqueeze(1), current + cg.step, current)
         result.local_steps += num
         result.local_accepted += int(accept.sum())
@@ -159,7 +159,7 @@ def batched_local_solves(
         result.predicted_sum += float(torch.where(accept, pred, torch.zeros_like(pred)).sum())
         result.hit_boundary |= bool((accept & cg.hits_boundary).any())
         for reason in cg.reasons:
-            result.reasons[reason.value] = result.reasons.get(reason.value, 0) + 1
+            result.reasons[reason] = result.reasons.get(reason, 0) + 1
     corrections = current - theta
     result.correction_sum = corrections.sum(dim=0)
     norms = torch.linalg.vector_norm(corrections, dim=1).tolist()

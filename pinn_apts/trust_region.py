@@ -31,6 +31,7 @@ __all__ = [
     "StopReason",
     "TrustRegionConfig",
     "boundary_step",
+    "capped_radius",
     "flat_hvp",
     "reduction_ratio",
     "stacked_boundary_roots",
@@ -383,6 +384,19 @@ def update_radius(
     grow = accepted & (rho >= config.eta2) & hits_boundary
     new = torch.where(accepted, torch.where(grow, radius * config.grow, radius), radius * config.shrink)
     return accepted, new.clamp(min=config.min_radius, max=config.max_radius)
+
+
+def capped_radius(
+    radius: float | Tensor, accepted: bool | Tensor, cap: float, config: TrustRegionConfig
+) -> float | Tensor:
+    """The radius after a step when an accepted step may not leave it above ``cap`` (APTS's local
+    radius ``Delta_k / J`` is both initial and maximum radius), kept at least ``min_radius``.
+
+    ``radius`` and ``accepted`` come from :func:`update_radius`: floats or one entry per subproblem.
+    """
+    if not isinstance(radius, Tensor):
+        return max(min(radius, cap) if accepted else radius, config.min_radius)
+    return torch.where(accepted, radius.clamp(max=cap), radius).clamp(min=config.min_radius)
 
 
 def flat_hvp(gradient: Sequence[Tensor], params: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:

@@ -31,11 +31,11 @@ if __name__ == "__main__":
     )
     trainer.fit(model, data)
     if trainer.is_global_zero:
-        state = model.optimizers().optimizer.state["apts"]
+        apts = model.optimizers().optimizer
         torch.save({
             "theta": torch.nn.utils.parameters_to_vector(model.parameters()).detach(),
-            "radius": state["radius"],
-            "stage1_accepted": state["stage1_accepted"],
-            "stage2_tries": state["stage2_tries"],
+            "radius": apts.radius,
+            "stage1_accepted": apts.totals.stage1_accepted,
+            "stage2_tries": apts.totals.stage2_tries,
             "world_size": trainer.world_size,
         }, args.out)

@@ -1,14 +1,14 @@
 import math
 
-import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from pinn_apts import APTS, APTSPINN, PINNDataModule
-from pinn_apts.apts import APTSConfig
+from pinn_apts.apts import Objective
 from pinn_apts.loss import pinn_loss
 from pinn_apts.model import MLP
+from pinn_apts.objective import PINNObjective
 from pinn_apts.optim import trust_region_step
 from pinn_apts.problems import get_problem
 from pinn_apts.sampling import CollocationSampler, Curriculum
@@ -24,33 +24,29 @@ def pinn_objective(problem="burgers", num_parts=4, iteration=0, seed=0):
     problem = get_problem(problem)
     batch = CollocationSampler(problem, total_iterations=20, curriculum=SMALL, seed=seed).batch(iteration)
     net = MLP(seed=seed)
-    interiors = [batch.interior[p] for p in batch.partition(num_parts)]
-    closure = lambda: pinn_loss(net, problem, batch).total
-    local = lambda d: pinn_loss(net, problem, batch, interiors[d]).total
-    return net, closure, local
+    return net, PINNObjective(net, problem, batch, num_parts)
 
 
 @pytest.mark.parametrize("num_parts, combine", [(1, "average"), (4, "average"), (8, "average"), (4, "sum")])
 def test_invariants_over_iterations(num_parts, combine):
-    net, closure, local = pinn_objective(num_parts=num_parts)
+    net, objective = pinn_objective(num_parts=num_parts)
     opt = APTS(net.parameters(), num_subdomains=num_parts, radius=0.5, combine=combine)
     for _ in range(6):
         radius_k = opt.radius
         theta_k = torch.nn.utils.parameters_to_vector(net.parameters()).detach().clone()
-        opt.step(closure, local)
+        opt.step(objective)
         info = opt.last_step
         assert info.max_replica_norm <= radius_k * (1 + 1e-9)  # |s_k^d| <= Delta_k
         assert 1e-10 <= info.radius <= 10.0 and 1e-10 <= info.stage1_radius <= 10.0
         assert info.new_loss <= info.loss  # Stage II never ends above L(theta_k)
         # Stage II starts where Stage I left it: theta_k + s_bar if accepted, else theta_k
-        assert info.stage2["loss"] == (info.stage1_loss if info.stage1_accepted else info.loss)
+        assert info.stage2.loss == (info.stage1_loss if info.stage1_accepted else info.loss)
         assert info.stage1_accepted == (info.stage1_loss < info.loss)
         moved = torch.nn.utils.parameters_to_vector(net.parameters()).detach() - theta_k
-        bound = info.stage2["step_norm"] + (info.correction_norm if info.stage1_accepted else 0.0)
+        bound = info.stage2.step_norm + (info.correction_norm if info.stage1_accepted else 0.0)
         assert float(moved.norm()) <= bound * (1 + 1e-9)  # theta_{k+1} = theta_k (+ s_bar) + s_k
-        assert float(closure().detach()) == pytest.approx(info.new_loss, rel=1e-12)
-    record = opt.state["apts"]
-    assert record["iterations"] == 6 and 0 <= record["stage1_accepted"] <= 6
+        assert float(objective.full().detach()) == pytest.approx(info.new_loss, rel=1e-12)
+    assert opt.totals.iterations == 6 and 0 <= opt.totals.stage1_accepted <= 6
 
 
 def test_rejected_stage1_leaves_theta_unchanged():
@@ -59,10 +55,10 @@ def test_rejected_stage1_leaves_theta_unchanged():
     local = lambda d: (x - 5.0).square().sum()  # every replica is pulled away from it
     opt = APTS([x], num_subdomains=2, local_steps=2, radius=1.0, damping=0.0)
     start = x.detach().clone()
-    opt.step(closure, local)
+    opt.step(Objective(closure, local))
     info = opt.last_step
     assert not info.stage1_accepted and info.stage1_loss > info.loss
-    assert info.stage2["loss"] == info.loss == float(start.square().sum())
+    assert info.stage2.loss == info.loss == float(start.square().sum())
     # the final point is exactly a global TR step from theta_k with the Stage I radius
     y = start.clone().requires_grad_(True)
     reference, _ = trust_region_step(lambda: y.square().sum(), [y], info.stage1_radius, TrustRegionConfig(damping=0.0))
@@ -78,14 +74,14 @@ def test_non_finite_trial_step_is_rejected():
 
     local = lambda d: (x - 3.0).square().sum()
     opt = APTS([x], num_subdomains=2, local_steps=1, radius=2.0, damping=0.0)
-    opt.step(closure, local)
+    opt.step(Objective(closure, local))
     info = opt.last_step
     assert not info.stage1_accepted and math.isnan(info.stage1_loss)
     assert torch.isfinite(x).all() and info.new_loss < info.loss
 
 
 def test_one_replica_one_step_is_one_trust_region_step():
-    net, closure, local = pinn_objective(num_parts=1)
+    net, objective = pinn_objective(num_parts=1)
     twin = MLP(seed=0)
     twin.load_state_dict(net.state_dict())
     opt = APTS(net.parameters(), num_subdomains=1, local_steps=1, radius=0.3)
@@ -94,7 +90,7 @@ def test_one_replica_one_step_is_one_trust_region_step():
     batch = CollocationSampler(problem, total_iterations=20, curriculum=SMALL, seed=0).batch(0)
     reference, _ = trust_region_step(lambda: pinn_loss(twin, problem, batch).total, list(twin.parameters()), 0.3,
                                   TrustRegionConfig(), max_radius=0.3, retry=False)
-    opt.step(closure, local)
+    opt.step(objective)
     info = opt.last_step
     assert reference.accepted
     assert info.stage1_loss == reference.new_loss
@@ -138,7 +134,7 @@ def test_short_run_lowers_error(problem):
     trainer.fit(module, PINNDataModule(problem, early_sizes=(400, 200, 40), late_sizes=(400, 100, 100)))
     assert trainer.global_step == 6
     assert float(module.solution_errors()["error/rel_l2"]) < 0.7 * before
-    assert module.optimizers().optimizer.state["apts"]["iterations"] == 6
+    assert module.optimizers().optimizer.totals.iterations == 6
 
 
 def _data():
@@ -180,14 +176,12 @@ def test_non_finite_local_loss_at_current_point_is_an_error_and_theta_is_restore
 
     opt = APTS([x], num_subdomains=2, local_steps=2, radius=1.0, damping=0.0)
     with pytest.raises(FloatingPointError, match="Stage I, replica 1, local step 1: non-finite loss nan"):
-        opt.step(lambda: x.square().sum(), local)
+        opt.step(Objective(lambda: x.square().sum(), local))
     assert torch.equal(x.detach(), torch.tensor([1.0, 1.0], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("problem, num_parts", [("burgers", 4), ("heat", 3), ("laplace", 8)])
 def test_batched_replicas_equal_sequential(problem, num_parts):
-    from pinn_apts.loss import stacked_pinn_loss
-
     runs = {}
     for replicas in ("sequential", "batched", "auto"):
         torch.set_default_dtype(torch.float64)
@@ -197,13 +191,7 @@ def test_batched_replicas_equal_sequential(problem, num_parts):
         opt = APTS(net.parameters(), num_subdomains=num_parts, radius=0.5, replicas=replicas)
         infos = []
         for k in range(4):
-            batch = sampler.batch(k)
-            parts = batch.partition(num_parts)
-            opt.step(
-                lambda: pinn_loss(net, prob, batch).total,
-                lambda d: pinn_loss(net, prob, batch, batch.interior[parts[d]]).total,
-                lambda stacked: stacked_pinn_loss(stacked[0::2], stacked[1::2], prob, batch, parts),
-            )
+            opt.step(PINNObjective(net, prob, sampler.batch(k), num_parts))
             infos.append(opt.last_step)
         runs[replicas] = (torch.nn.utils.parameters_to_vector(net.parameters()).detach(), infos)
     (theta_s, infos_s), (theta_b, infos_b) = runs["sequential"], runs["batched"]
@@ -256,7 +244,7 @@ def test_stage1_radius_rules():
 def test_stage1_radius_rule_is_followed(rule):
     x = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
     opt = APTS([x], num_subdomains=2, local_steps=2, radius=1.0, damping=0.0, stage1_radius=rule)
-    opt.step(lambda: x.square().sum(), lambda d: (x - 5.0).square().sum())  # Stage I rejected
+    opt.step(Objective(lambda: x.square().sum(), lambda d: (x - 5.0).square().sum()))  # Stage I rejected
     info = opt.last_step
     assert not info.stage1_accepted
     assert info.stage1_radius == (0.5 if rule == "decrease" else 1.0)

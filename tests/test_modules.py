@@ -46,8 +46,8 @@ def test_trust_region_short_run_lowers_error(problem):
     before = initial_error(module)
     trainer = fit(module, problem, 12)
     assert trainer.global_step == 12
-    record = module.optimizers().optimizer.state["trust_region"]
-    assert record["steps"] == 12 and record["accepted"] == 12
+    totals = module.optimizers().optimizer.totals
+    assert totals.steps == 12 and totals.accepted == 12
     assert initial_error(module) < 0.6 * before
 
 
@@ -147,8 +147,8 @@ def test_every_trust_region_constant_reaches_the_optimizer_cg_rtol_included():
     tr = TrustRegionPINN(problem="heat", cg_rtol=0.3, eta1=0.2, eta2=0.6).configure_optimizers()
     assert (tr.config.cg_rtol, tr.config.eta1, tr.config.eta2) == (0.3, 0.2, 0.6)
     apts = APTSPINN(problem="heat", cg_rtol=0.3, damping=0.0).configure_optimizers()
-    assert (apts.trust_region_config.cg_rtol, apts.trust_region_config.damping) == (0.3, 0.0)
+    assert (apts.config.trust_region.cg_rtol, apts.config.trust_region.damping) == (0.3, 0.0)
     with pytest.raises(ValueError, match=r"cg_rtol must lie in \(0, 1\), got 2.0"):
         APTSPINN(problem="heat", cg_rtol=2.0)
     cli = cli_main(["--model.init_args.cg_rtol=0.25", "--trainer.logger=false"], run=False)
-    assert cli.model.configure_optimizers().trust_region_config.cg_rtol == 0.25
+    assert cli.model.configure_optimizers().config.trust_region.cg_rtol == 0.25

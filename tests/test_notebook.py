@@ -1,10 +1,8 @@
 """The reproduce notebook runs, on tiny results files and on the committed ones."""
 
-import shutil
 from pathlib import Path
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from pinn_apts.cli import CONFIG_DIR

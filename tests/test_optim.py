@@ -10,7 +10,7 @@ from pinn_apts.loss import pinn_loss
 from pinn_apts.model import MLP
 from pinn_apts.optim import TrustRegion, trust_region_step
 from pinn_apts.problems import get_problem
-from pinn_apts.trust_region import TrustRegionConfig, flat_hvp
+from pinn_apts.trust_region import StopReason, TrustRegionConfig, flat_hvp
 
 SCIPY_LIKE = dict(radius=1.0, max_radius=1000.0, eta1=0.15, eta2=0.75, shrink=0.25, grow=2.0, cg_max_iter=10, damping=0.0)
 
@@ -34,7 +34,7 @@ def test_rosenbrock_matches_scipy_trust_ncg(x0):
     assert np.allclose(x.detach().numpy(), reference.x, atol=1e-7)
     assert np.allclose(x.detach().numpy(), [1.0, 1.0], atol=1e-7)
     # scipy counts every subproblem, accepted or not; so do our tries
-    assert abs(opt.state["trust_region"]["tries"] - reference.nit) <= 2
+    assert abs(opt.totals.tries - reference.nit) <= 2
 
 
 def test_rosenbrock_with_paper_constants_converges():
@@ -101,7 +101,7 @@ def test_non_finite_hvp_is_rejected():
     opt = TrustRegion([x], radius=0.5, min_radius=1e-3, damping=0.0)
     opt.step(lambda: _QuadraticWithNaNCurvature.apply(x))
     info = opt.last_step
-    assert info.reason == "non_finite" and not info.accepted
+    assert info.reason == StopReason.NON_FINITE and not info.accepted
     assert info.radius == 1e-3 and info.tries == 10  # 0.5 halved down to the floor, one try each
     assert float(x) == 1.0
 
@@ -143,7 +143,7 @@ def test_state_dict_carries_radius_and_counters():
         y.copy_(x)
     restored = TrustRegion([y])
     restored.load_state_dict(saved)
-    assert restored.radius == opt.radius and restored.state["trust_region"]["steps"] == 5
+    assert restored.radius == opt.radius and restored.totals.steps == 5
     assert restored.last_step == opt.last_step
     opt.step(f)
     restored.step(g)

@@ -1,0 +1,162 @@
+"""The PINN loss of one outer iteration as the objective the trust-region engine minimizes.
+
+:class:`PINNObjective` is built from the network, the problem, the iteration's batch, the
+number of replicas ``D`` and the communicator.  It gives the optimizers (no Lightning) all they
+evaluate:
+
+- :meth:`~PINNObjective.full`: the full loss ``L`` at the network's current parameters, or,
+  across processes, this process's share of it (:func:`~pinn_apts.loss.pinn_loss_share`);
+- :meth:`~PINNObjective.local`: replica ``d``'s objective ``L_k^d`` (equation 3);
+- :meth:`~PINNObjective.stacked_local`: the local objectives of the replicas this process owns,
+  as a function of their parameters stacked as one flat ``(R, P)`` tensor (batched replicas).
+
+It alone knows the network's parameter layout and the loss terms, so it also names the term
+that went non-finite (:meth:`~PINNObjective.naming_non_finite`).  :class:`~pinn_apts.apts.APTS`
+and :class:`~pinn_apts.optim.TrustRegion` take any object with the same methods
+(:class:`~pinn_apts.apts.Objective` wraps plain functions, for a model that is not a PINN).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from .distributed import Communicator, replicas_of_rank
+from .loss import LossTerms, check_loss_finite, pinn_loss, pinn_loss_share, stacked_pinn_loss
+from .model import MLP
+from .problems import PDEProblem
+from .sampling import CollocationBatch
+
+__all__ = ["PINNObjective"]
+
+
+class PINNObjective:
+    """The PINN loss on ``batch`` as the full, local and stacked local objectives of one outer iteration.
+
+    Parameters
+    ----------
+    net:
+        The network ``u_theta``; the objectives are evaluated at its current parameters
+        (:meth:`stacked_local` at the parameters it is given).
+    problem:
+        The PDE problem of the residual and the targets.
+    batch:
+        The point sets of the outer iteration.
+    num_subdomains:
+        ``D``: the interior set is split by the batch's random partition into ``D`` parts, one per
+        replica.  ``1`` (default) for an objective without replicas (TR, Adam, L-BFGS).
+    communicator:
+        The processes over which the replicas are spread (default: one process).  With more
+        than one, :meth:`full` is this process's share of ``L`` and the ``D / W`` replicas of
+        this rank are :attr:`replicas`.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        problem: PDEProblem,
+        batch: CollocationBatch,
+        num_subdomains: int = 1,
+        communicator: Communicator | None = None,
+    ) -> None:
+        self.net, self.problem, self.batch = net, problem, batch
+        self.communicator = communicator or Communicator()
+        self.num_subdomains = num_subdomains
+        #: the replicas this process owns
+        self.replicas = replicas_of_rank(num_subdomains, self.communicator.rank, self.communicator.world_size)
+        self.parts = batch.partition(num_subdomains) if num_subdomains > 1 else None
+        #: the loss terms at the parameters of the first evaluation of :meth:`full` (``theta_k``),
+        #: summed over the processes
+        self.entry_terms: LossTerms | None = None
+        self._last: LossTerms | None = None  # the terms of the latest full or local evaluation
+
+    # ------------------------------------------------------------------ layout
+    @property
+    def parameters(self) -> list[Tensor]:
+        """The trainable parameters in the order of the flat vectors (``parameters_to_vector``)."""
+        return [p for p in self.net.parameters() if p.requires_grad]
+
+    @property
+    def can_stack(self) -> bool:
+        """Whether :meth:`stacked_local` is available (the network is this package's tanh MLP)."""
+        return isinstance(self.net, MLP)
+
+    def _interior(self, d: int) -> Tensor:
+        return self.batch.interior if self.parts is None else self.batch.interior[self.parts[d]]
+
+    # -------------------------------------------------------------- objectives
+    def full(self) -> Tensor:
+        """``L`` at the network's parameters (or, across processes, this process's share), with its graph.
+
+        The first call also sums the terms over the processes into :attr:`entry_terms` and
+        raises ``FloatingPointError`` naming the iteration and the term if one is not finite.
+        """
+        comm = self.communicator
+        if comm.world_size == 1:
+            terms = pinn_loss(self.net, self.problem, self.batch)
+        else:
+            own = torch.cat([self._interior(d) for d in self.replicas])
+            terms = pinn_loss_share(self.net, self.problem, self.batch, own, comm.rank, comm.world_size)
+        if self.entry_terms is None:
+            entry = LossTerms(*comm.all_reduce_sum(torch.stack([t.detach() for t in terms])))
+            check_loss_finite(entry, self.batch.iteration)
+            self.entry_terms = entry
+        self._last = terms
+        return terms.total
+
+    __call__ = full  # the closure of torch.optim's optimizers
+
+    @property
+    def last_terms(self) -> LossTerms | None:
+        """The loss terms of the latest :meth:`full` or :meth:`local` evaluation."""
+        return self._last
+
+    def local(self, d: int) -> Tensor:
+        """Replica ``d``'s objective ``L_k^d`` at the network's parameters: its part of the interior
+        set and the shared initial and boundary sets (equation 3)."""
+        terms = pinn_loss(self.net, self.problem, self.batch, self._interior(d))
+        self._last = terms
+        return terms.total
+
+    def stacked_local(self, flat: Tensor) -> Tensor:
+        """The objectives of this process's replicas, ``(R,)``, at their parameters ``flat`` ``(R, P)``.
+
+        Row ``i`` holds replica ``replicas[i]``'s parameters in the order of :attr:`parameters`.
+        """
+        if not self.can_stack:
+            raise ValueError(
+                f"batched replicas need the package's MLP network, got {type(self.net).__name__}: "
+                "use replicas='sequential'"
+            )
+        rows = flat.shape[0]
+        names = [name for name, p in self.net.named_parameters() if p.requires_grad]
+        chunks = flat.split([p.numel() for p in self.parameters], dim=1)
+        stacked = {name: c.reshape(rows, *p.shape) for name, c, p in zip(names, chunks, self.parameters)}
+        layers = range(len(self.net.layers))
+        weights = [stacked[f"layers.{i}.weight"] for i in layers]
+        biases = [stacked[f"layers.{i}.bias"] for i in layers]
+        parts = [self.parts[d] if self.parts is not None else torch.arange(len(self.batch.interior))
+                 for d in self.replicas]
+        return stacked_pinn_loss(weights, biases, self.problem, self.batch, parts)
+
+    # ------------------------------------------------------------ non-finite
+    @contextmanager
+    def naming_non_finite(self, earlier: int | None = None) -> Iterator[None]:
+        """Re-raise an optimizer's ``FloatingPointError`` naming the iteration and the loss term of the
+        latest evaluation that is not finite (and ``earlier``, the last outer iteration whose trial
+        losses were non-finite)."""
+        try:
+            yield
+        except FloatingPointError as err:
+            history = "" if earlier is None else f"; trial losses were last non-finite at outer iteration {earlier}"
+            if self._last is not None:
+                try:
+                    check_loss_finite(self._last, self.batch.iteration)
+                except FloatingPointError as named:
+                    raise FloatingPointError(f"{named} ({err}){history}") from err
+            if history:
+                raise FloatingPointError(f"{err}{history}") from err
+            raise
