@@ -6,7 +6,7 @@ Usage::
                                     [--warmup 5] [--threads 1] [--dtype float64]
                                     [--replicas sequential|batched]
 
-Runs the Lightning-free core (``pinn_apts.apts.APTS``) on the paper's set-up for a run of
+Runs the Lightning-free core (``pinn_apts.core.apts.APTS``) on the paper's set-up for a run of
 ``warmup + iterations`` outer iterations: the curriculum's first 30% with (1000, 800, 50)
 interior/initial/boundary points, then (1000, 100, 100), resampling every 10 iterations.
 Prints the median wall time of Stage I, Stage II and the whole iteration in each phase,
@@ -22,11 +22,11 @@ import time
 
 import torch
 
-from pinn_apts.apts import APTS
-from pinn_apts.model import MLP
-from pinn_apts.objective import PINNObjective
-from pinn_apts.problems import get_problem
-from pinn_apts.sampling import CollocationSampler
+from pinn_apts.core.apts import APTS
+from pinn_apts.pde.model import MLP
+from pinn_apts.pde.objective import PINNObjective
+from pinn_apts.pde.problems import get_problem
+from pinn_apts.pde.sampling import CollocationSampler
 
 
 def main() -> None:

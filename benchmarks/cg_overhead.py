@@ -15,7 +15,7 @@ import timeit
 
 import torch
 
-from pinn_apts.trust_region import steihaug_cg
+from pinn_apts.core.trust_region import steihaug_cg
 
 torch.set_num_threads(1)
 torch.set_default_dtype(torch.float64)

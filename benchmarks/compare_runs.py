@@ -1,4 +1,4 @@
-"""Compare two folders of results files (``python -m pinn_apts.experiments`` or
+"""Compare two folders of results files (``python -m pinn_apts.paper.experiments`` or
 ``benchmarks/matrix_speed.py --out``) run by run: the largest relative difference of the
 relative L2 curve and the largest parameter difference of the final networks.
 

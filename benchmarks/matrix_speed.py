@@ -7,7 +7,7 @@ Usage::
                                       [--iterations 100] [--warmup 10] [--seed 0]
                                       [--results results] [--out matrix_speed_runs]
 
-Each cell runs ``python -m pinn_apts.experiments --one PROBLEM METHOD SEED --iterations N
+Each cell runs ``python -m pinn_apts.paper.experiments --one PROBLEM METHOD SEED --iterations N
 --schedule 2000`` (the first N iterations of a full run: same curriculum and resampling) in a
 fresh process (the runner's own path: LightningCLI, the config in ``configs/``, the accelerator
 Lightning picks, ``replicas: auto``), then prints one Markdown row: the median of the logged
@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from summarize_runs import fmt  # this folder's run-summary script
 
-from pinn_apts.experiments import ITERATIONS
-from pinn_apts.report import curve
+from pinn_apts.paper.experiments import ITERATIONS
+from pinn_apts.paper.report import curve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def main() -> None:
             name = f"{problem}_{method}_s{args.seed}.json"
             (args.out / name).unlink(missing_ok=True)
             start = time.perf_counter()
-            command = [sys.executable, "-m", "pinn_apts.experiments", "--out", str(args.out),
+            command = [sys.executable, "-m", "pinn_apts.paper.experiments", "--out", str(args.out),
                        "--iterations", str(args.iterations), "--schedule", str(ITERATIONS), "--config-dir", str(ROOT / "configs"),
                        "--log-root", str(args.out / "logs"), "--one", problem, method, str(args.seed)]
             done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)

@@ -5,7 +5,7 @@ Usage::
     python benchmarks/parallel.py [--problem burgers] [--subdomains 1 2 4 8] [--processes 1 2]
                                   [--iterations 8] [--warmup 2] [--device cpu]
 
-Every configuration runs the Lightning-free core (``pinn_apts.apts.APTS``) on the same
+Every configuration runs the Lightning-free core (``pinn_apts.core.apts.APTS``) on the same
 points (Burgers, the paper's early-curriculum sizes: 1000 interior, 800 initial, 50 boundary
 points, float64, one thread per process), with ``W`` processes joined by a gloo (CPU) or
 NCCL (GPU) process group, exactly as Lightning's DDP strategy sets it up for the
@@ -24,12 +24,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pinn_apts.apts import APTS
-from pinn_apts.distributed import default_communicator
-from pinn_apts.model import MLP
-from pinn_apts.objective import PINNObjective
-from pinn_apts.problems import get_problem
-from pinn_apts.sampling import CollocationSampler
+from pinn_apts.core.apts import APTS
+from pinn_apts.core.distributed import default_communicator
+from pinn_apts.pde.model import MLP
+from pinn_apts.pde.objective import PINNObjective
+from pinn_apts.pde.problems import get_problem
+from pinn_apts.pde.sampling import CollocationSampler
 
 
 def measure(rank: int, world: int, args: argparse.Namespace, subdomains: int, replicas: str, port: int, out) -> None:

@@ -16,13 +16,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import pinn_apts.apts as A
-from pinn_apts.apts import APTS
-from pinn_apts.distributed import default_communicator
-from pinn_apts.model import MLP
-from pinn_apts.objective import PINNObjective
-from pinn_apts.problems import get_problem
-from pinn_apts.sampling import CollocationSampler
+import pinn_apts.core.apts as A
+from pinn_apts.core.apts import APTS
+from pinn_apts.core.distributed import default_communicator
+from pinn_apts.pde.model import MLP
+from pinn_apts.pde.objective import PINNObjective
+from pinn_apts.pde.problems import get_problem
+from pinn_apts.pde.sampling import CollocationSampler
 
 def measure(rank, world, D, iterations, port, q):
     torch.set_num_threads(1); torch.set_default_dtype(torch.float64)

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from pinn_apts.cli import cli_main
+from pinn_apts.training.cli import cli_main
 
 
 def run(config: str, root: str, extra: list[str]) -> dict:

@@ -22,8 +22,8 @@ from collections import defaultdict
 
 import torch
 
-from pinn_apts.cli import CONFIG_DIR, cli_main
-from pinn_apts.experiments import batch_run_args
+from pinn_apts.training.cli import CONFIG_DIR, cli_main
+from pinn_apts.paper.experiments import batch_run_args
 
 
 def run(problem: str, seed: int, rule: str, iterations: int, subdomains: int, root: str) -> dict:

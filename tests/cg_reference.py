@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from pinn_apts.trust_region import StopReason
+from pinn_apts.core.trust_region import StopReason
 
 
 def reference_boundary_step(z, d, radius):

@@ -5,14 +5,14 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from pinn_apts import APTS, APTSPINN, PINNDataModule
-from pinn_apts.apts import Objective
-from pinn_apts.loss import pinn_loss
-from pinn_apts.model import MLP
-from pinn_apts.objective import PINNObjective
-from pinn_apts.optim import trust_region_step
-from pinn_apts.problems import get_problem
-from pinn_apts.sampling import CollocationSampler, Curriculum
-from pinn_apts.trust_region import TrustRegionConfig
+from pinn_apts.core.apts import Objective
+from pinn_apts.pde.loss import pinn_loss
+from pinn_apts.pde.model import MLP
+from pinn_apts.pde.objective import PINNObjective
+from pinn_apts.core.optim import trust_region_step
+from pinn_apts.pde.problems import get_problem
+from pinn_apts.pde.sampling import CollocationSampler, Curriculum
+from pinn_apts.core.trust_region import TrustRegionConfig
 
 from .conftest import fast_trainer
 
@@ -211,7 +211,7 @@ def test_batched_replicas_reject_local_retry():
 
 
 def test_auto_replicas_batch_on_a_gpu_with_two_replicas_or_more():
-    from pinn_apts.apts import resolve_replicas
+    from pinn_apts.core.apts import resolve_replicas
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
     assert resolve_replicas("auto", gpu, 4) == "batched"
@@ -223,7 +223,7 @@ def test_auto_replicas_batch_on_a_gpu_with_two_replicas_or_more():
 
 
 def test_stage1_radius_rules():
-    from pinn_apts.apts import stage1_radius_update
+    from pinn_apts.core.apts import stage1_radius_update
 
     config = TrustRegionConfig()
     # "ratio": the trust-region rule on rho_I, whatever the acceptance test said

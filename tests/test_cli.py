@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from pinn_apts.cli import CONFIG_DIR, cli_main
+from pinn_apts.training.cli import CONFIG_DIR, cli_main
 
 REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -183,7 +183,7 @@ def test_console_script_refuses_bad_input_with_the_message_last(tmp_path):
         (["--data.problem=heat", f"--ckpt_path={heat_ckpt}"],
          "the checkpoint was made by AdamPINN and this run's model is APTSPINN"),
         (["--config", str(REPO_CONFIGS / "burgers_adam.yaml"), f"--ckpt_path={heat_ckpt}"],
-         "model.problem: checkpoint {'class_path': 'pinn_apts.problems.Heat'"),
+         "model.problem: checkpoint {'class_path': 'pinn_apts.Heat'"),
     ]
     for args, message in cases:
         proc = run_console(tmp_path, *SMALL, "--trainer.max_steps=3", *args)

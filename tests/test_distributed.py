@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pinn_apts import APTS, APTSPINN
-from pinn_apts.distributed import Communicator, replicas_of_rank
+from pinn_apts.core.distributed import Communicator, replicas_of_rank
 
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 
@@ -73,7 +73,7 @@ def test_strategy_that_cannot_work_is_a_clear_error():
 
 def test_cli_runs_under_ddp_and_rank_zero_writes(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "pinn_apts.cli", "fit", "--trainer.strategy", "ddp", "--trainer.devices", "2",
+        [sys.executable, "-m", "pinn_apts.training.cli", "fit", "--trainer.strategy", "ddp", "--trainer.devices", "2",
          "--trainer.accelerator", "cpu", "--trainer.max_steps", "3", "--trainer.enable_progress_bar", "false",
          f"--trainer.default_root_dir={tmp_path}", "--data.early_sizes", "[200, 100, 20]",
          "--data.late_sizes", "[200, 50, 50]"],

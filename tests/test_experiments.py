@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pinn_apts.experiments import final_network, main, run_one
-from pinn_apts.cli import CONFIG_DIR
+from pinn_apts.paper.experiments import final_network, main, run_one
+from pinn_apts.training.cli import CONFIG_DIR
 
 
 def test_run_writes_curves_and_is_skipped_when_done(tmp_path):
@@ -60,7 +60,7 @@ def test_short_run_on_a_longer_runs_schedule(tmp_path):
 
 
 def test_report_tables_and_figures(tmp_path):
-    from pinn_apts.report import curve_band, load_results, main as report_main, plot_heatmaps, summary_tables
+    from pinn_apts.paper.report import curve_band, load_results, main as report_main, plot_heatmaps, summary_tables
 
     out = tmp_path / "results"
     for seed in (0, 1):
@@ -79,7 +79,7 @@ def test_report_tables_and_figures(tmp_path):
     fig = plot_heatmaps(load_results(out))
     assert len(fig.axes) == 6 and "seed 0" in fig.axes[0].get_title()  # three panels, a colorbar each
     # a diverged run (error and loss 1e8) is drawn off scale, not squashing the others' axes
-    from pinn_apts.report import AXIS_HEADROOM, plot_curves
+    from pinn_apts.paper.report import AXIS_HEADROOM, plot_curves
 
     diverged = load_results(out)
     for key in ("error/rel_l2", "loss/total"):
@@ -102,7 +102,7 @@ def test_report_tables_and_figures(tmp_path):
 
 
 def test_paper_tables_and_document_markers(tmp_path):
-    from pinn_apts.report import BEGIN, END, acceptance_table, load_results, render_document, update_document
+    from pinn_apts.paper.report import BEGIN, END, acceptance_table, load_results, render_document, update_document
 
     out = tmp_path / "results"
     run_one("laplace", "apts_d2", 0, 2, out, CONFIG_DIR, tmp_path / "logs")
@@ -126,17 +126,17 @@ def test_results_document_matches_the_committed_results():
     """docs/RESULTS.md shows the tables of the results files committed beside it."""
     from pathlib import Path
 
-    from pinn_apts.report import load_results, render_document
+    from pinn_apts.paper.report import load_results, render_document
 
     root = Path(__file__).resolve().parents[1]
     text = (root / "docs" / "RESULTS.md").read_text()
     assert render_document(text, load_results(root / "results")) == text, (
-        "docs/RESULTS.md is stale: run python -m pinn_apts.report --update docs/RESULTS.md"
+        "docs/RESULTS.md is stale: run python -m pinn_apts.paper.report --update docs/RESULTS.md"
     )
 
 
 def test_resampling_peaks_on_a_synthetic_curve():
-    from pinn_apts.report import resampling_peaks
+    from pinn_apts.paper.report import resampling_peaks
 
     # decays 1% per iteration and jumps x3 at every 10th
     values, value = [], 1.0
@@ -152,7 +152,7 @@ def test_resampling_peaks_on_a_synthetic_curve():
 
 
 def test_milestone_table_takes_the_geometric_mean_over_seeds():
-    from pinn_apts.report import milestone_table
+    from pinn_apts.paper.report import milestone_table
 
     records = [{"seed": s, "curves": {"error/rel_l2": [(0, v), (5, v / 10)]}} for s, v in ((0, 1e-2), (1, 1e-4))]
     table = milestone_table({("heat", "adam"): records}, steps=(0, 5, 9))

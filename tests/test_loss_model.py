@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from pinn_apts.sampling import CollocationSampler
-from pinn_apts.jet import AutogradJet, MLPJet
-from pinn_apts.loss import LossTerms, check_loss_finite, pinn_loss
-from pinn_apts.model import MLP
-from pinn_apts.problems import get_problem
+from pinn_apts.pde.sampling import CollocationSampler
+from pinn_apts.pde.jet import AutogradJet, MLPJet
+from pinn_apts.pde.loss import LossTerms, check_loss_finite, pinn_loss
+from pinn_apts.pde.model import MLP
+from pinn_apts.pde.problems import get_problem
 
 
 def setup(name="heat"):
@@ -103,7 +103,7 @@ def test_loss_of_generic_network_uses_autograd():
 
 
 def test_loss_shares_sum_to_the_loss():
-    from pinn_apts.loss import pinn_loss_share
+    from pinn_apts.pde.loss import pinn_loss_share
 
     problem, sampler, net = setup("burgers")
     batch = sampler.batch(0)

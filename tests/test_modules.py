@@ -6,7 +6,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from pinn_apts import APTSPINN, AdamPINN, LBFGSPINN, PINNDataModule, TrustRegionPINN
-from pinn_apts.problems import Heat
+from pinn_apts.pde.problems import Heat
 
 from .conftest import fast_trainer
 
@@ -142,7 +142,7 @@ def test_logs_figure_and_checkpoint(tmp_path):
 
 
 def test_every_trust_region_constant_reaches_the_optimizer_cg_rtol_included():
-    from pinn_apts.cli import cli_main
+    from pinn_apts.training.cli import cli_main
 
     tr = TrustRegionPINN(problem="heat", cg_rtol=0.3, eta1=0.2, eta2=0.6).configure_optimizers()
     assert (tr.config.cg_rtol, tr.config.eta1, tr.config.eta2) == (0.3, 0.2, 0.6)

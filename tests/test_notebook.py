@@ -5,8 +5,8 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
-from pinn_apts.cli import CONFIG_DIR
-from pinn_apts.experiments import run_one
+from pinn_apts.training.cli import CONFIG_DIR
+from pinn_apts.paper.experiments import run_one
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "reproduce_paper.ipynb"
 

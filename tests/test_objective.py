@@ -7,14 +7,14 @@ import torch
 from torch.nn.utils import parameters_to_vector
 
 from pinn_apts import APTS, PINNObjective, TrustRegion
-from pinn_apts.apts import APTSStepInfo, Objective
-from pinn_apts.distributed import Communicator
-from pinn_apts.loss import pinn_loss, pinn_loss_share
-from pinn_apts.model import MLP
-from pinn_apts.optim import StepInfo
-from pinn_apts.problems import get_problem
-from pinn_apts.sampling import CollocationSampler, Curriculum
-from pinn_apts.trust_region import StopReason, TrustRegionConfig, capped_radius
+from pinn_apts.core.apts import APTSStepInfo, Objective
+from pinn_apts.core.distributed import Communicator
+from pinn_apts.pde.loss import pinn_loss, pinn_loss_share
+from pinn_apts.pde.model import MLP
+from pinn_apts.core.optim import StepInfo
+from pinn_apts.pde.problems import get_problem
+from pinn_apts.pde.sampling import CollocationSampler, Curriculum
+from pinn_apts.core.trust_region import StopReason, TrustRegionConfig, capped_radius
 
 SMALL = Curriculum((120, 40, 20), (120, 30, 30), 0.3)
 

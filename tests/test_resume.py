@@ -9,8 +9,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from pinn_apts import APTSPINN, AdamPINN, PINNDataModule, TrustRegionPINN
-from pinn_apts.callbacks import GracefulStop
-from pinn_apts.problems import Burgers, Heat
+from pinn_apts.training.callbacks import GracefulStop
+from pinn_apts.pde.problems import Burgers, Heat
 
 from .conftest import fast_trainer
 
@@ -36,7 +36,7 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_the_problem(tmp_path):
     checkpointing(tmp_path, 2).fit(module, data(Burgers(nu=0.02)))
     raw = torch.load(tmp_path / "last.ckpt", weights_only=True)  # no pickled objects
     assert raw["hyper_parameters"]["problem"] == {
-        "class_path": "pinn_apts.problems.Burgers", "init_args": {"nu": 0.02, "quadrature_order": 200}}
+        "class_path": "pinn_apts.Burgers", "init_args": {"nu": 0.02, "quadrature_order": 200}}
     assert raw["global_step"] == 2 and raw["PINNDataModule"]["total_iterations"] == 2
     loaded = APTSPINN.load_from_checkpoint(tmp_path / "last.ckpt", weights_only=True)
     assert loaded.problem == Burgers(nu=0.02) and loaded.problem != Burgers()
@@ -83,7 +83,7 @@ def test_run_planned_shorter_than_it_runs_is_refused():
     "make_module, make_data, message",
     [
         (lambda: AdamPINN(problem="burgers", seed=1), lambda: data("burgers"),
-         r"model.problem: checkpoint \{'class_path': 'pinn_apts.problems.Heat'.*this run \{'class_path': 'pinn_apts.problems.Burgers'"),
+         r"model.problem: checkpoint \{'class_path': 'pinn_apts.Heat'.*this run \{'class_path': 'pinn_apts.Burgers'"),
         (lambda: APTSPINN(problem="heat", seed=1), lambda: data("heat"),
          "the checkpoint was made by AdamPINN and this run's model is APTSPINN"),
         (lambda: AdamPINN(problem="heat", seed=1, lr=1e-3), lambda: data("heat"),

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pinn_apts.trust_region import (
+from pinn_apts.core.trust_region import (
     StopReason,
     TrustRegionConfig,
     boundary_step,

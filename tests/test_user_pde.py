@@ -15,7 +15,7 @@ from pinn_apts import (
     get_problem,
     register_problem,
 )
-from pinn_apts.problems import check_finite, resolve_problem
+from pinn_apts.pde.problems import check_finite, resolve_problem
 
 from .conftest import fast_trainer
 

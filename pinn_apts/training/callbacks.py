@@ -5,10 +5,13 @@
   run can be resumed exactly; a second signal aborts at once.
 - :class:`RunReport`: says where the run's logs and checkpoints go, and the TensorBoard
   command, when ``fit`` starts and ends.
+- :class:`ErrorFigure`: at the end of training, the prediction, the exact solution and the
+  error on the evaluation grid, to TensorBoard (``error/heatmap``) and ``error.png`` in the run folder.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from pathlib import Path
@@ -16,11 +19,16 @@ from types import FrameType
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-__all__ = ["GracefulStop", "RunReport", "last_checkpoint_paths"]
+from .metrics import error_figure
+
+__all__ = ["ErrorFigure", "GracefulStop", "RunReport", "last_checkpoint_paths"]
+
+log = logging.getLogger(__name__)
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -130,3 +138,35 @@ class RunReport(Callback):
             lines.append(f"error figure {run_dir / 'error.png'}")
         rank_zero_info(f"pinn-apts: {how} after {trainer.global_step} outer iterations" +
                        "".join(f"\n  {line}" for line in lines))
+
+
+class ErrorFigure(Callback):
+    """The end-of-run figure of a :class:`~pinn_apts.training.module.PINNModule` with an exact solution.
+
+    It goes to the loggers and their run folder; without a logger there is none.
+    """
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        module = pl_module
+        if getattr(module, "eval_exact", None) is None or not trainer.loggers:
+            return
+        run_dir = Path(trainer.log_dir)  # a collective under DDP: every rank asks
+        if not trainer.is_global_zero:
+            return
+        with torch.no_grad():
+            grid = module.eval_grid.to(module.dtype)
+            prediction = module.net(grid)
+        fig = error_figure(
+            grid,
+            prediction,
+            module.eval_exact.to(module.dtype),
+            module.eval_shape,
+            module.problem.input_names,
+            title=f"{type(module).__name__} on {module.problem.name}, outer iteration {trainer.global_step}",
+        )
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure("error/heatmap", fig, trainer.global_step)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fig.savefig(run_dir / "error.png", dpi=120)
+        log.info("error figure written to %s", run_dir / "error.png")

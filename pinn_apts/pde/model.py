@@ -38,7 +38,7 @@ class MLP(nn.Module):
         self.layer_sizes = tuple(sizes)
 
     def jet(self, points: Tensor) -> MLPJet:
-        """``u`` at ``points`` with forward-mode input derivatives (see :class:`~pinn_apts.jet.MLPJet`)."""
+        """``u`` at ``points`` with forward-mode input derivatives (see :class:`~pinn_apts.pde.jet.MLPJet`)."""
         return MLPJet([l.weight for l in self.layers], [l.bias for l in self.layers], points)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,6 +1,6 @@
-"""Tables and figures from the experiment runner's results files: ``python -m pinn_apts.report``.
+"""Tables and figures from the experiment runner's results files: ``python -m pinn_apts.paper.report``.
 
-    python -m pinn_apts.report --results results --figures docs/figures
+    python -m pinn_apts.paper.report --results results --figures docs/figures
 
 Prints one Markdown table per PDE (final relative L2 and RMSE as mean ± std over seeds, final
 loss, Stage I acceptance rate, mean Stage II tries, seconds per iteration) and draws figures
@@ -40,7 +40,7 @@ PAPER_ACCEPTANCE = {
 #: the paper's mean number of Stage II tries per outer iteration
 PAPER_STAGE2_TRIES = 1.01
 #: where :func:`update_document` writes the generated tables in a Markdown file
-BEGIN, END = "<!-- report:begin (python -m pinn_apts.report --update docs/RESULTS.md) -->", "<!-- report:end -->"
+BEGIN, END = "<!-- report:begin (python -m pinn_apts.paper.report --update docs/RESULTS.md) -->", "<!-- report:end -->"
 
 
 def load_results(folder: Path) -> dict[tuple[str, str], list[dict]]:
@@ -258,7 +258,7 @@ def plot_heatmaps(groups: dict[tuple[str, str], list[dict]], methods: tuple[str,
     from matplotlib.figure import Figure
 
     from .experiments import final_network
-    from .problems import get_problem
+    from ..pde.problems import get_problem
 
     rows = []
     for problem in _problems(groups):

@@ -5,15 +5,15 @@ number of replicas ``D`` and the communicator.  It gives the optimizers (no Ligh
 evaluate:
 
 - :meth:`~PINNObjective.full`: the full loss ``L`` at the network's current parameters, or,
-  across processes, this process's share of it (:func:`~pinn_apts.loss.pinn_loss_share`);
+  across processes, this process's share of it (:func:`~pinn_apts.pde.loss.pinn_loss_share`);
 - :meth:`~PINNObjective.local`: replica ``d``'s objective ``L_k^d`` (equation 3);
 - :meth:`~PINNObjective.stacked_local`: the local objectives of the replicas this process owns,
   as a function of their parameters stacked as one flat ``(R, P)`` tensor (batched replicas).
 
 It alone knows the network's parameter layout and the loss terms, so it also names the term
-that went non-finite (:meth:`~PINNObjective.naming_non_finite`).  :class:`~pinn_apts.apts.APTS`
-and :class:`~pinn_apts.optim.TrustRegion` take any object with the same methods
-(:class:`~pinn_apts.apts.Objective` wraps plain functions, for a model that is not a PINN).
+that went non-finite (:meth:`~PINNObjective.naming_non_finite`).  :class:`~pinn_apts.core.apts.APTS`
+and :class:`~pinn_apts.core.optim.TrustRegion` take any object with the same methods
+(:class:`~pinn_apts.core.apts.Objective` wraps plain functions, for a model that is not a PINN).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from .distributed import Communicator, replicas_of_rank
+from ..core.distributed import Communicator, replicas_of_rank
 from .loss import LossTerms, check_loss_finite, pinn_loss, pinn_loss_share, stacked_pinn_loss
 from .model import MLP
 from .problems import PDEProblem

@@ -6,7 +6,7 @@ objectives summed, ``F(Theta) = sum_d L_k^d(theta_d)``: one backward gives every
 gradient and one double backward every replica's Hessian-vector product (the Hessian of
 ``F`` is block diagonal).  Steihaug CG and the trust-region test then run on ``(D, P)``
 tensors with a step length, stopping test and radius per replica, doing per replica
-exactly what :func:`~pinn_apts.apts.local_solves` does one replica at a time.
+exactly what :func:`~pinn_apts.core.apts.local_solves` does one replica at a time.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The paper's experiment matrix, resumable: ``python -m pinn_apts.experiments``.
+"""The paper's experiment matrix, resumable: ``python -m pinn_apts.paper.experiments``.
 
 Heat, Burgers, Laplace x {APTS D = 2, 4, 8, Adam, L-BFGS, L-BFGS with strong Wolfe (our
 addition), TR} x seeds x 2000 outer iterations, float64, from the configs in ``configs/``.
@@ -8,8 +8,8 @@ iteration, plus the wall time and the final network's parameters, from which
 :func:`final_network` rebuilds it for the error heatmaps) and is skipped when that file exists,
 so the matrix can be completed over several sessions; ``--jobs 2`` runs two at a time (one thread each).
 
-    python -m pinn_apts.experiments --out results --jobs 2
-    python -m pinn_apts.experiments --problems burgers --methods apts_d4 adam --seeds 0 --iterations 200
+    python -m pinn_apts.paper.experiments --out results --jobs 2
+    python -m pinn_apts.paper.experiments --problems burgers --methods apts_d4 adam --seeds 0 --iterations 200
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     """
     from torch.nn.utils import parameters_to_vector
 
-    from .apts import APTS
-    from .cli import cli_main
+    from ..core.apts import APTS
+    from ..training.cli import cli_main
 
     target = out / f"{problem}_{method}_s{seed}.json"
     if target.exists():
@@ -138,7 +138,7 @@ def final_network(record: dict[str, Any]):
     import torch
     from torch.nn.utils import vector_to_parameters
 
-    from .model import MLP
+    from ..pde.model import MLP
 
     if "final_parameters" not in record:
         return None
@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="run length the curriculum and resampling are planned for (default: --iterations); "
                              "a smaller --iterations stops early on that schedule")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, one thread each")
-    parser.add_argument("--config-dir", type=Path, default=Path(__file__).parent / "configs")
+    parser.add_argument("--config-dir", type=Path, default=Path(__file__).parents[1] / "configs")
     parser.add_argument("--log-root", type=Path, default=Path("lightning_logs/experiments"))
     parser.add_argument("--one", nargs=3, metavar=("PROBLEM", "METHOD", "SEED"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
         while len(running) >= args.jobs:
             running = [p for p in running if p.poll() is None]
             time.sleep(1)
-        command = [sys.executable, "-m", "pinn_apts.experiments", "--out", str(args.out), "--iterations",
+        command = [sys.executable, "-m", "pinn_apts.paper.experiments", "--out", str(args.out), "--iterations",
                    str(args.iterations), "--config-dir", str(args.config_dir), "--log-root", str(args.log_root),
                    *([] if args.schedule is None else ["--schedule", str(args.schedule)]),
                    "--one", problem, method, str(seed)]

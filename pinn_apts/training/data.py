@@ -10,8 +10,8 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, IterableDataset
 
 from .checkpoints import refuse_other_settings
-from .problems import PDEProblem, check_int, resolve_problem
-from .sampling import CollocationBatch, CollocationSampler, Curriculum, _check_sizes
+from ..pde.problems import PDEProblem, check_int, resolve_problem
+from ..pde.sampling import CollocationBatch, CollocationSampler, Curriculum, _check_sizes
 
 __all__ = ["PINNDataModule"]
 
@@ -33,7 +33,7 @@ class PINNDataModule(L.LightningDataModule):
     Parameters
     ----------
     problem:
-        A :class:`~pinn_apts.problems.PDEProblem` or a registered name
+        A :class:`~pinn_apts.pde.problems.PDEProblem` or a registered name
         (``"heat"``, ``"burgers"``, ``"laplace"``).
     resample_every:
         ``r``, the interior set is redrawn every ``r`` outer iterations.

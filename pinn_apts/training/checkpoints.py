@@ -9,16 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["RESUME_HINT", "class_path", "refuse_other_settings", "settings_differences"]
+from ..pde.problems import canonical_class_path, class_path
+
+__all__ = ["RESUME_HINT", "canonical_class_path", "class_path", "refuse_other_settings", "settings_differences"]
 
 #: what a user can do about a refused checkpoint
 RESUME_HINT = ("resume with the run's own configuration (pinn-apts fit --config <run folder>/config.yaml "
                "--ckpt_path ...), or start a new run")
-
-
-def class_path(cls: type) -> str:
-    """``"module.Class"``: how a class is named in checkpoints and configs."""
-    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def settings_differences(
@@ -26,7 +23,9 @@ def settings_differences(
 ) -> list[str]:
     """Lines ``"<section>.<key>: checkpoint <a>, this run <b>"`` for the keys both hold with other values.
 
-    Private keys (``_...``) and ``skip`` are left out; tuples and lists compare equal.
+    Private keys (``_...``) and ``skip`` are left out; tuples and lists compare equal, and so do two
+    class paths of one class (a checkpoint made before the package's files moved names
+    ``pinn_apts.pde.problems.Heat``, today's ``pinn_apts.Heat``).
     """
     return [
         f"{section}.{key}: checkpoint {saved[key]!r}, this run {current[key]!r}"
@@ -53,5 +52,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
+        return {k: canonical_class_path(v) if k == "class_path" and isinstance(v, str) else _plain(v)
+                for k, v in value.items()}
     return value

@@ -188,7 +188,7 @@ class TrustRegion(torch.optim.Optimizer):
 
     The subproblem ``min g^T s + 1/2 s^T (H + lambda I) s, |s| <= Delta`` is solved with
     Steihaug CG on exact Hessian-vector products (double backward); the step is accepted by
-    the ratio test and the radius updated by :func:`~pinn_apts.trust_region.update_radius`;
+    the ratio test and the radius updated by :func:`~pinn_apts.core.trust_region.update_radius`;
     a rejected step is retried with the smaller radius until one is accepted or the radius
     reaches ``min_radius``.  All parameters are treated as one flat vector.
 
@@ -199,7 +199,7 @@ class TrustRegion(torch.optim.Optimizer):
     radius:
         Initial radius ``Delta_0`` (default 1.0), within ``[min_radius, max_radius]``.
     max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol:
-        See :class:`~pinn_apts.trust_region.TrustRegionConfig` (defaults: the paper's).
+        See :class:`~pinn_apts.core.trust_region.TrustRegionConfig` (defaults: the paper's).
 
     The radius, the counters and the last step's record live in ``state_dict()``, so
     checkpoints carry them.  ``step(closure)`` needs a closure that re-evaluates the loss

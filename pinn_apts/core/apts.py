@@ -21,7 +21,7 @@ researcher would vary them):
   ``"keep"`` (default) leaves ``Delta`` to Stage II's ratio test; ``"decrease"`` shrinks it when
   the Stage I step is rejected; ``"ratio"`` forms ``rho_I = (L(theta_k) - L(theta_k + s_bar)) /
   pred_I`` with ``pred_I`` the combined predicted reductions of the accepted local steps and
-  follows :func:`~pinn_apts.trust_region.update_radius`.  On 500-iteration runs (D = 4, seeds
+  follows :func:`~pinn_apts.core.trust_region.update_radius`.  On 500-iteration runs (D = 4, seeds
   1 and 2, ``benchmarks/stage1_radius.py``) ``"keep"`` gave the lowest error on Burgers and
   Laplace and tied on Heat: the Stage I test often fails while its direction still helps, and
   the other rules then shrink the radius that Stage II needs (docs/RESULTS.md).  Acceptance
@@ -192,7 +192,7 @@ class APTSTotals:
 
 
 class APTSObjective(Protocol):
-    """What :meth:`APTS.step` minimizes; :class:`~pinn_apts.objective.PINNObjective` is one.
+    """What :meth:`APTS.step` minimizes; :class:`~pinn_apts.pde.objective.PINNObjective` is one.
 
     Each method evaluates at the optimizer's parameters as they are when called and returns
     the loss with its graph, without calling backward.
@@ -243,11 +243,11 @@ class APTS(torch.optim.Optimizer):
         Trust-region constants for the global and local steps (:class:`TrustRegionConfig`, where
         each default is defined: the paper's).
     communicator:
-        Across processes (:class:`~pinn_apts.distributed.TorchDistributed`): this rank solves
+        Across processes (:class:`~pinn_apts.core.distributed.TorchDistributed`): this rank solves
         only its own ``D/W`` replicas (:attr:`replicas`; ``objective.local(d)`` is asked for those
         alone, and ``objective.stacked_local`` gets them stacked), the corrections are summed
         with one collective, and ``objective.full()`` returns this rank's *share* of the full
-        loss (see :func:`~pinn_apts.loss.pinn_loss_share`), whose values, gradients and
+        loss (see :func:`~pinn_apts.pde.loss.pinn_loss_share`), whose values, gradients and
         Hessian-vector products are summed.  Every rank then holds the same parameters and
         radius.  Default: one process.
 
@@ -323,7 +323,7 @@ class APTS(torch.optim.Optimizer):
         if objective is None or not callable(getattr(objective, "full", None)):
             raise ValueError(
                 "APTS.step needs objective=, an object with full() and local(d) (the full loss and replica "
-                "d's loss): a pinn_apts.PINNObjective, or pinn_apts.apts.Objective(full, local) of plain functions"
+                "d's loss): a pinn_apts.PINNObjective, or pinn_apts.core.apts.Objective(full, local) of plain functions"
             )
         owned = getattr(objective, "replicas", None)
         if owned is not None and list(owned) != list(self.replicas):
@@ -446,7 +446,7 @@ def stage1_radius_update(
     """``Delta_{k+1/2}`` after Stage I, by one of three rules.
 
     - ``"keep"`` (default): Stage I leaves the radius to Stage II.
-    - ``"ratio"``: :func:`~pinn_apts.trust_region.update_radius` with ``rho_I``, the actual
+    - ``"ratio"``: :func:`~pinn_apts.core.trust_region.update_radius` with ``rho_I``, the actual
       decrease of the full loss over the combined predicted decreases of the accepted local
       steps (shrink if ``rho_I < eta1``, grow if ``rho_I >= eta2`` and a local step hit its
       boundary), whatever the plain acceptance test said.

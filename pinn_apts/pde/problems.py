@@ -41,6 +41,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
@@ -50,7 +51,6 @@ import torch
 from scipy.special import roots_hermite
 from torch import Tensor
 
-from .checkpoints import class_path
 from .jet import Jet
 
 __all__ = [
@@ -321,6 +321,37 @@ def get_problem(name: str, **coefficients: float) -> PDEProblem:
         ) from err
 
 
+def class_path(cls: type) -> str:
+    """How a class is named in checkpoints and configs.
+
+    ``"pinn_apts.Name"`` for a class the package exports (a name that stays when the package's
+    files move), ``"module.Class"`` for any other.
+    """
+    package = sys.modules.get("pinn_apts")
+    if getattr(package, cls.__qualname__, None) is cls:
+        return f"pinn_apts.{cls.__qualname__}"
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def import_class_path(path: str) -> Any:
+    """The object ``"module.Name"`` names (``ImportError``/``AttributeError``/``ValueError`` if none)."""
+    module_name, _, qualname = path.rpartition(".")
+    obj: Any = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def canonical_class_path(path: str) -> str:
+    """``path`` as :func:`class_path` names its class today (an older file's path, e.g.
+    ``pinn_apts.pde.problems.Heat``, becomes ``pinn_apts.Heat``); ``path`` itself if it names no class."""
+    try:
+        obj = import_class_path(path)
+    except (ImportError, AttributeError, ValueError):
+        return path
+    return class_path(obj) if isinstance(obj, type) else path
+
+
 def problem_from_spec(spec: Mapping[str, Any]) -> PDEProblem:
     """Rebuild a problem from :meth:`PDEProblem.spec` (``class_path`` and ``init_args``)."""
     if "class_path" not in spec or not isinstance(spec["class_path"], str):
@@ -329,11 +360,8 @@ def problem_from_spec(spec: Mapping[str, Any]) -> PDEProblem:
     if extra:
         raise ValueError(f"a problem given as data has only 'class_path' and 'init_args', got also {sorted(extra)}")
     path = spec["class_path"]
-    module_name, _, qualname = path.rpartition(".")
     try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
+        obj = import_class_path(path)
     except (ImportError, AttributeError, ValueError) as err:
         raise ValueError(
             f"cannot import the problem class {path!r}: {err} (is its module on the Python path?)"

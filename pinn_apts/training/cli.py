@@ -25,13 +25,13 @@ from lightning.pytorch.cli import LightningCLI
 
 from .callbacks import GracefulStop
 from .data import PINNDataModule
-from .modules import PINNModule
+from .module import PINNModule
 
 __all__ = ["CONFIG_DIR", "PINNCLI", "cli_main", "main"]
 
-_PACKAGE_DIR = str(Path(__file__).resolve().parent)
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # pinn_apts/
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).parents[1] / "configs"
 
 
 class PINNCLI(LightningCLI):
