@@ -13,7 +13,7 @@ The package in four layers, each importing only those above it:
 
 import importlib as _importlib
 import importlib.abc as _importlib_abc
-import importlib.machinery as _importlib_machinery  # noqa: F401  (importlib.machinery.ModuleSpec)
+import importlib.machinery as _importlib_machinery
 import importlib.util as _importlib_util
 import sys as _sys
 
@@ -87,7 +87,7 @@ _MOVED = {
 }
 
 
-class _MovedSpec(_importlib.machinery.ModuleSpec):
+class _MovedSpec(_importlib_machinery.ModuleSpec):
     """The spec of an old path: its package is the new module's (``python -m`` runs the new
     module's code with it, so that its relative imports work)."""
 

@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+from pinn_apts.core.distributed import Communicator
+
 
 @pytest.fixture(autouse=True)
 def _single_thread_float64():
@@ -28,3 +30,11 @@ def fast_trainer(max_steps: int, tmp_path=None, **kwargs):
     )
     defaults.update(kwargs)
     return L.Trainer(**defaults)
+
+
+class FakeRank(Communicator):
+    """Rank ``rank`` of ``world_size`` processes whose sums are identities: one process's view of a
+    data-parallel run, without a process group."""
+
+    def __init__(self, rank: int = 0, world_size: int = 2) -> None:
+        self.rank, self.world_size = rank, world_size

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from pinn_apts import APTS, APTSPINN
-from pinn_apts.core.distributed import Communicator, replicas_of_rank
+from pinn_apts.core.distributed import replicas_of_rank
+
+from .conftest import FakeRank
 
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 
@@ -49,13 +51,9 @@ def test_replica_ownership():
         replicas_of_rank(6, 0, 4)
 
 
-class _FakeTwoRanks(Communicator):
-    rank, world_size = 0, 2
-
-
 def test_communicator_with_indivisible_replicas_is_rejected_at_construction():
     with pytest.raises(ValueError, match="must be divisible by the number of processes"):
-        APTS([torch.zeros(3, requires_grad=True)], num_subdomains=3, communicator=_FakeTwoRanks())
+        APTS([torch.zeros(3, requires_grad=True)], num_subdomains=3, communicator=FakeRank(0, 2))
 
 
 def test_strategy_that_cannot_work_is_a_clear_error():

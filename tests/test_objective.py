@@ -8,13 +8,14 @@ from torch.nn.utils import parameters_to_vector
 
 from pinn_apts import APTS, PINNObjective, TrustRegion
 from pinn_apts.core.apts import APTSStepInfo, Objective
-from pinn_apts.core.distributed import Communicator
 from pinn_apts.pde.loss import pinn_loss, pinn_loss_share
 from pinn_apts.pde.model import MLP
 from pinn_apts.core.optim import StepInfo
 from pinn_apts.pde.problems import get_problem
 from pinn_apts.pde.sampling import CollocationSampler, Curriculum
 from pinn_apts.core.trust_region import StopReason, TrustRegionConfig, capped_radius
+
+from .conftest import FakeRank
 
 SMALL = Curriculum((120, 40, 20), (120, 30, 30), 0.3)
 
@@ -24,13 +25,6 @@ def setup(problem="burgers", seed=0):
     problem = get_problem(problem)
     batch = CollocationSampler(problem, total_iterations=10, curriculum=SMALL, seed=seed).batch(3)
     return MLP(seed=seed), problem, batch
-
-
-class FakeRank(Communicator):
-    """Rank ``rank`` of ``world_size`` processes whose sums are identities (one process's view)."""
-
-    def __init__(self, rank: int, world_size: int) -> None:
-        self.rank, self.world_size = rank, world_size
 
 
 def test_full_and_local_are_the_pinn_loss_on_the_batch_and_on_each_part():

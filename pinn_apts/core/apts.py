@@ -48,7 +48,7 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .distributed import Communicator, replicas_of_rank
-from .optim import StepInfo, trust_region_step
+from .optim import RecordingOptimizer, StepInfo, trust_region_step
 from .replicas import LocalSolveResult, batched_local_solves, local_solves
 from .trust_region import DEFAULT_RADIUS, StopReason, TrustRegionConfig, reduction_ratio, update_radius
 
@@ -223,7 +223,7 @@ class Objective:
         return self.stacked_local is not None
 
 
-class APTS(torch.optim.Optimizer):
+class APTS(RecordingOptimizer):
     """Data-parallel Additively Preconditioned Trust-Region Strategy (Algorithm 1).
 
     ``step(objective)`` is one outer iteration on an :class:`APTSObjective`:
@@ -255,6 +255,11 @@ class APTS(torch.optim.Optimizer):
     (:attr:`last_step`) live in ``state_dict()``.
     """
 
+    key = "apts"
+    config_type = APTSConfig
+    totals_type = APTSTotals
+    info_type = APTSStepInfo
+
     def __init__(
         self,
         params: Iterable[Tensor],
@@ -279,31 +284,10 @@ class APTS(torch.optim.Optimizer):
         tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
         tr.check_radius("radius", radius)
         config = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius, tr)
-        super().__init__(params, config.flat())
-        if len(self.param_groups) != 1:
-            raise ValueError("APTS supports a single parameter group")
+        super().__init__(params, config.flat(), radius)
         self.communicator = communicator or Communicator()
         #: the replicas this process owns
         self.replicas = replicas_of_rank(num_subdomains, self.communicator.rank, self.communicator.world_size)
-        self.state["apts"] = {"radius": float(radius), **asdict(APTSTotals()), "last": None}
-
-    @property
-    def config(self) -> APTSConfig:
-        return APTSConfig.from_mapping(self.param_groups[0])
-
-    @property
-    def radius(self) -> float:
-        return self.state["apts"]["radius"]
-
-    @property
-    def last_step(self) -> APTSStepInfo | None:
-        last = self.state["apts"]["last"]
-        return None if last is None else APTSStepInfo.from_state(last)
-
-    @property
-    def totals(self) -> APTSTotals:
-        record = self.state["apts"]
-        return APTSTotals(**{f.name: record[f.name] for f in fields(APTSTotals)})
 
     @property
     def acceptance_rate(self) -> float:
@@ -335,9 +319,10 @@ class APTS(torch.optim.Optimizer):
         can_batch = bool(getattr(objective, "can_stack", False))
         mode = resolve_replicas(config.replicas, params[0].device, len(self.replicas), config.local_retry,
                                 can_batch=can_batch)
-        local = getattr(objective, "local", None) if mode == "sequential" else objective.stacked_local
+        needs = "local" if mode == "sequential" else "stacked_local"
+        local = getattr(objective, needs, None)
         if local is None:
-            raise ValueError(f"APTS.step with replicas={config.replicas!r} needs an objective with local(d)")
+            raise ValueError(f"APTS.step with replicas={config.replicas!r} needs an objective with {needs}()")
         if closure is not None:
             closure()
         start = parameters_to_vector(params).detach().clone()
@@ -352,8 +337,7 @@ class APTS(torch.optim.Optimizer):
                          local: Callable, mode: str) -> Tensor:
         config = self.config
         tr, replicas = config.trust_region, self.replicas
-        record = self.state["apts"]
-        radius = record["radius"]
+        radius = self.radius
         comm = self.communicator
         total = comm.all_reduce_sum
         reduce = total if comm.world_size > 1 else None
@@ -411,15 +395,8 @@ class APTS(torch.optim.Optimizer):
             stage1_seconds=t1 - t0,
             stage2_seconds=t2 - t1,
         )
-        totals = self.totals
-        record.update(
-            radius=radius,
-            iterations=totals.iterations + 1,
-            stage1_accepted=totals.stage1_accepted + int(accepted),
-            stage2_tries=totals.stage2_tries + global_step.tries,
-            stage2_floor_hits=totals.stage2_floor_hits + int(not global_step.accepted),
-            last=info.to_state(),
-        )
+        self._record(info, radius, iterations=1, stage1_accepted=int(accepted), stage2_tries=global_step.tries,
+                     stage2_floor_hits=int(not global_step.accepted))
         return torch.tensor(loss_value)
 
 

@@ -13,9 +13,9 @@ and through Lightning's manual optimization (``self.optimizers().step(closure=..
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -32,7 +32,7 @@ from .trust_region import (
     update_radius,
 )
 
-__all__ = ["StepInfo", "TrustRegion", "TrustRegionTotals", "trust_region_step"]
+__all__ = ["RecordingOptimizer", "StepInfo", "TrustRegion", "TrustRegionTotals", "trust_region_step"]
 
 
 @dataclass(frozen=True)
@@ -163,8 +163,8 @@ def trust_region_step(
         accepted, new_radius = update_radius(radius, rho, result.hits_boundary, config)
         if accepted:
             info = StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason,
-                            capped_radius(new_radius, True, cap, config), rho, float(result.step.norm()), result.predicted_reduction,
-                            non_finite)
+                            capped_radius(new_radius, True, cap, config), rho, float(result.step.norm()),
+                            result.predicted_reduction, non_finite)
             return info, trial
         with torch.no_grad():
             vector_to_parameters(start, params)
@@ -183,7 +183,52 @@ def trust_region_step(
                 tries += 1
 
 
-class TrustRegion(torch.optim.Optimizer):
+class RecordingOptimizer(torch.optim.Optimizer):
+    """What :class:`TrustRegion` and :class:`~pinn_apts.core.apts.APTS` share: one parameter group
+    holding the settings flat, and one record in ``state[key]`` (the radius, the run's totals and
+    the last step), kept in plain types so that checkpoints load with ``weights_only=True``.
+
+    Subclasses set ``key``, ``config_type`` (built from the group by ``from_mapping``),
+    ``totals_type`` (a dataclass of counters) and ``info_type`` (a record with ``to_state`` /
+    ``from_state``).
+    """
+
+    key: ClassVar[str]
+    config_type: ClassVar[type]
+    totals_type: ClassVar[type]
+    info_type: ClassVar[type]
+
+    def __init__(self, params: Iterable[Tensor], settings: dict[str, Any], radius: float) -> None:
+        super().__init__(params, settings)
+        if len(self.param_groups) != 1:
+            raise ValueError(f"{type(self).__name__} supports a single parameter group")
+        self.state[self.key] = {"radius": float(radius), **asdict(self.totals_type()), "last": None}
+
+    @property
+    def config(self) -> Any:
+        return self.config_type.from_mapping(self.param_groups[0])
+
+    @property
+    def radius(self) -> float:
+        return self.state[self.key]["radius"]
+
+    @property
+    def last_step(self) -> Any:
+        last = self.state[self.key]["last"]
+        return None if last is None else self.info_type.from_state(last)
+
+    @property
+    def totals(self) -> Any:
+        record = self.state[self.key]
+        return self.totals_type(**{f.name: record[f.name] for f in fields(self.totals_type)})
+
+    def _record(self, info: Any, radius: float, **counts: int) -> None:
+        """Keep ``info`` as the last step and ``radius`` as the radius; add ``counts`` to the totals."""
+        record = self.state[self.key]
+        record.update({name: record[name] + n for name, n in counts.items()}, radius=radius, last=info.to_state())
+
+
+class TrustRegion(RecordingOptimizer):
     """Trust-region Newton-CG: one TR-CG step with acceptance per :meth:`step`.
 
     The subproblem ``min g^T s + 1/2 s^T (H + lambda I) s, |s| <= Delta`` is solved with
@@ -206,6 +251,11 @@ class TrustRegion(torch.optim.Optimizer):
     and returns it *without* calling backward.
     """
 
+    key = "trust_region"
+    config_type = TrustRegionConfig
+    totals_type = TrustRegionTotals
+    info_type = StepInfo
+
     def __init__(
         self,
         params: Iterable[Tensor],
@@ -222,39 +272,13 @@ class TrustRegion(torch.optim.Optimizer):
     ) -> None:
         config = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
         config.check_radius("radius", radius)
-        super().__init__(params, asdict(config))
-        if len(self.param_groups) != 1:
-            raise ValueError("TrustRegion supports a single parameter group")
-        self.state["trust_region"] = {"radius": float(radius), **asdict(TrustRegionTotals()), "last": None}
-
-    @property
-    def config(self) -> TrustRegionConfig:
-        return TrustRegionConfig.from_mapping(self.param_groups[0])
-
-    @property
-    def radius(self) -> float:
-        return self.state["trust_region"]["radius"]
-
-    @property
-    def last_step(self) -> StepInfo | None:
-        last = self.state["trust_region"]["last"]
-        return None if last is None else StepInfo.from_state(last)
-
-    @property
-    def totals(self) -> TrustRegionTotals:
-        record = self.state["trust_region"]
-        return TrustRegionTotals(**{f.name: record[f.name] for f in fields(TrustRegionTotals)})
+        super().__init__(params, asdict(config), radius)
 
     def step(self, closure: Callable[[], Tensor]) -> Tensor:  # type: ignore[override]
         if closure is None:
             raise ValueError("TrustRegion.step needs a closure that returns the loss (without backward)")
         params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
-        record = self.state["trust_region"]
-        info, _ = trust_region_step(closure, params, record["radius"], self.config)
-        totals = self.totals
-        record.update(
-            radius=info.radius, steps=totals.steps + 1, accepted=totals.accepted + int(info.accepted),
-            tries=totals.tries + info.tries, cg_iterations=totals.cg_iterations + info.cg_iterations,
-            last=info.to_state(),
-        )
+        info, _ = trust_region_step(closure, params, self.radius, self.config)
+        self._record(info, info.radius, steps=1, accepted=int(info.accepted), tries=info.tries,
+                     cg_iterations=info.cg_iterations)
         return torch.tensor(info.loss)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -129,7 +129,7 @@ class TrustRegionConfig:
             _check("cg_rtol", self.cg_rtol, "lie in (0, 1)", 0 < self.cg_rtol < 1)
 
     @classmethod
-    def from_mapping(cls, mapping: dict) -> TrustRegionConfig:
+    def from_mapping(cls, mapping: Mapping) -> TrustRegionConfig:
         """The config held in ``mapping`` (an optimizer's parameter group), other keys ignored."""
         return cls(**{k: mapping[k] for k in cls.__dataclass_fields__})
 
@@ -395,7 +395,8 @@ def capped_radius(
     ``radius`` and ``accepted`` come from :func:`update_radius`: floats or one entry per subproblem.
     """
     if not isinstance(radius, Tensor):
-        return max(min(radius, cap) if accepted else radius, config.min_radius)
+        return float(capped_radius(torch.tensor(float(radius), dtype=torch.float64), torch.tensor(bool(accepted)),
+                                   cap, config))
     return torch.where(accepted, radius.clamp(max=cap), radius).clamp(min=config.min_radius)
 
 

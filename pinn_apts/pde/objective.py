@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cached_property
 
 import torch
 from torch import Tensor, nn
@@ -67,7 +68,6 @@ class PINNObjective:
         self.num_subdomains = num_subdomains
         #: the replicas this process owns
         self.replicas = replicas_of_rank(num_subdomains, self.communicator.rank, self.communicator.world_size)
-        self.parts = batch.partition(num_subdomains) if num_subdomains > 1 else None
         #: the loss terms at the parameters of the first evaluation of :meth:`full` (``theta_k``),
         #: summed over the processes
         self.entry_terms: LossTerms | None = None
@@ -84,8 +84,14 @@ class PINNObjective:
         """Whether :meth:`stacked_local` is available (the network is this package's tanh MLP)."""
         return isinstance(self.net, MLP)
 
+    @cached_property
+    def parts(self) -> list[Tensor]:
+        """The batch's random partition of the interior set into ``num_subdomains`` index sets
+        (drawn when a replica first needs it: never for an objective without replicas)."""
+        return self.batch.partition(self.num_subdomains)
+
     def _interior(self, d: int) -> Tensor:
-        return self.batch.interior if self.parts is None else self.batch.interior[self.parts[d]]
+        return self.batch.interior[self.parts[d]]
 
     # -------------------------------------------------------------- objectives
     def full(self) -> Tensor:
@@ -131,16 +137,19 @@ class PINNObjective:
                 f"batched replicas need the package's MLP network, got {type(self.net).__name__}: "
                 "use replicas='sequential'"
             )
-        rows = flat.shape[0]
-        names = [name for name, p in self.net.named_parameters() if p.requires_grad]
-        chunks = flat.split([p.numel() for p in self.parameters], dim=1)
-        stacked = {name: c.reshape(rows, *p.shape) for name, c, p in zip(names, chunks, self.parameters)}
+        names, shapes = self._layout
+        chunks = flat.split([shape.numel() for shape in shapes], dim=1)
+        stacked = {name: c.reshape(flat.shape[0], *shape) for name, c, shape in zip(names, chunks, shapes)}
         layers = range(len(self.net.layers))
         weights = [stacked[f"layers.{i}.weight"] for i in layers]
         biases = [stacked[f"layers.{i}.bias"] for i in layers]
-        parts = [self.parts[d] if self.parts is not None else torch.arange(len(self.batch.interior))
-                 for d in self.replicas]
-        return stacked_pinn_loss(weights, biases, self.problem, self.batch, parts)
+        return stacked_pinn_loss(weights, biases, self.problem, self.batch, [self.parts[d] for d in self.replicas])
+
+    @cached_property
+    def _layout(self) -> tuple[list[str], list[torch.Size]]:
+        """The names and shapes of the trainable parameters, in the order of the flat vectors."""
+        named = [(name, p.shape) for name, p in self.net.named_parameters() if p.requires_grad]
+        return [name for name, _ in named], [shape for _, shape in named]
 
     # ------------------------------------------------------------ non-finite
     @contextmanager

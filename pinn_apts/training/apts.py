@@ -83,10 +83,7 @@ class APTSPINN(PINNModule):
             stage1_radius=stage1_radius,
         )
         # validate now, with messages naming the parameter, rather than at fit time
-        APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius)
-        TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol).check_radius(
-            "radius", radius
-        )
+        APTSConfig.from_mapping(self.optimizer_kwargs).trust_region.check_radius("radius", radius)
         self.num_subdomains = num_subdomains
 
     def setup(self, stage: str) -> None:

@@ -132,9 +132,7 @@ class TrustRegionPINN(PINNModule):
             radius=radius, max_radius=max_radius, min_radius=min_radius, eta1=eta1, eta2=eta2,
             shrink=shrink, grow=grow, cg_max_iter=cg_max_iter, damping=damping, cg_rtol=cg_rtol,
         )
-        TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol).check_radius(
-            "radius", radius
-        )
+        TrustRegionConfig.from_mapping(self.optimizer_kwargs).check_radius("radius", radius)
         self.steps_per_iteration = check_int("steps_per_iteration", steps_per_iteration)
 
     def configure_optimizers(self) -> TrustRegion:
