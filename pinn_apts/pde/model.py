@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .jet import MLPJet
+from .jet import MLPJet, feature_major_linear, frozen_views
 from .problems import check_int
 
 __all__ = ["MLP"]
@@ -42,6 +42,11 @@ class MLP(nn.Module):
         return MLPJet([l.weight for l in self.layers], [l.bias for l in self.layers], points)
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers[:-1]:
-            x = torch.tanh(layer(x))
-        return self.layers[-1](x)
+        """``u`` at the points ``x``, ``(..., 2) -> (..., 1)`` (feature-major inside, as :class:`MLPJet`)."""
+        if x.dim() != 2:
+            return self(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
+        weights = frozen_views([layer.weight for layer in self.layers])
+        a = x.transpose(0, 1)
+        for w, layer in zip(weights[:-1], self.layers[:-1]):
+            a = torch.tanh(feature_major_linear(a, w, layer.bias))
+        return feature_major_linear(a, weights[-1], self.layers[-1].bias).transpose(0, 1)
