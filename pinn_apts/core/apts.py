@@ -48,7 +48,7 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .distributed import Communicator, replicas_of_rank
-from .optim import RecordingOptimizer, StepInfo, trust_region_step
+from .optim import RecordingOptimizer, StepInfo, check_compile, trust_region_step
 from .replicas import LocalSolveResult, batched_local_solves, local_solves
 from .trust_region import DEFAULT_RADIUS, StopReason, TrustRegionConfig, reduction_ratio, update_radius
 
@@ -242,6 +242,11 @@ class APTS(RecordingOptimizer):
     max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol:
         Trust-region constants for the global and local steps (:class:`TrustRegionConfig`, where
         each default is defined: the paper's).
+    compile:
+        Run the sequential local solves and Stage II on the objective's compiled loss, gradient and
+        Hessian-vector products (``objective.compiled(d)``, see :mod:`pinn_apts.pde.compiled`) where
+        it offers them; batched replicas stay eager.  An execution choice, not a setting of the
+        method: it is not stored in checkpoints.  Default ``False``.
     communicator:
         Across processes (:class:`~pinn_apts.core.distributed.TorchDistributed`): this rank solves
         only its own ``D/W`` replicas (:attr:`replicas`; ``objective.local(d)`` is asked for those
@@ -280,12 +285,15 @@ class APTS(RecordingOptimizer):
         replicas: Literal["sequential", "batched", "auto"] = APTSConfig.replicas,
         stage1_radius: Literal["ratio", "decrease", "keep"] = APTSConfig.stage1_radius,
         communicator: Communicator | None = None,
+        compile: bool = False,
     ) -> None:
         tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
         tr.check_radius("radius", radius)
         config = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius, tr)
         super().__init__(params, config.flat(), radius)
         self.communicator = communicator or Communicator()
+        #: use the objective's compiled derivatives where it offers them
+        self.compile = check_compile(compile)
         #: the replicas this process owns
         self.replicas = replicas_of_rank(num_subdomains, self.communicator.rank, self.communicator.world_size)
 
@@ -327,15 +335,15 @@ class APTS(RecordingOptimizer):
             closure()
         start = parameters_to_vector(params).detach().clone()
         try:
-            return self._outer_iteration(params, start, objective.full, local, mode)
+            return self._outer_iteration(params, start, objective, local, mode)
         except FloatingPointError:
             with torch.no_grad():  # never leave a half-done iteration behind
                 vector_to_parameters(start, params)
             raise
 
-    def _outer_iteration(self, params: list[Tensor], start: Tensor, closure: Callable[[], Tensor],
+    def _outer_iteration(self, params: list[Tensor], start: Tensor, objective: APTSObjective,
                          local: Callable, mode: str) -> Tensor:
-        config = self.config
+        config, closure = self.config, objective.full
         tr, replicas = config.trust_region, self.replicas
         radius = self.radius
         comm = self.communicator
@@ -344,7 +352,11 @@ class APTS(RecordingOptimizer):
 
         # ---- Stage I: additive preconditioning ----------------------------------------
         t0 = time.perf_counter()
-        with torch.enable_grad():
+        offers = self.compile and callable(getattr(objective, "compiled", None))
+        global_derivatives = objective.compiled() if offers else None
+        compiled = objective.compiled if global_derivatives is not None else None
+        graph = torch.enable_grad() if compiled is None else torch.no_grad()  # compiled: no graph needed
+        with graph:
             loss = closure()
         loss_value = float(total(loss.detach()))
         if not math.isfinite(loss_value):
@@ -352,14 +364,15 @@ class APTS(RecordingOptimizer):
         if mode == "batched":
             solved = batched_local_solves(params, local, radius, tr, replicas, config.local_steps)
         else:
-            solved = local_solves(params, local, replicas, radius, tr, config.local_steps, config.local_retry)
+            solved = local_solves(params, local, replicas, radius, tr, config.local_steps, config.local_retry,
+                                  derivatives=compiled)
         # one collective: this rank's corrections and counters, summed over the ranks
         summed = _unpack(total(_pack(solved, config.num_subdomains)), start.numel(), config.num_subdomains)
         scale = 1.0 / config.num_subdomains if config.combine == "average" else 1.0
         correction = scale * summed.correction_sum
         with torch.no_grad():
             vector_to_parameters(start + correction, params)
-        with torch.enable_grad():
+        with graph:
             trial = closure()
         trial_value = float(total(trial.detach()))
         accepted = math.isfinite(trial_value) and trial_value < loss_value
@@ -373,7 +386,8 @@ class APTS(RecordingOptimizer):
 
         # ---- Stage II: global trust-region refinement ---------------------------------
         global_step, _ = trust_region_step(closure, params, radius, tr, retry=True,
-                                           loss=trial if accepted else loss, reduce=reduce)
+                                           loss=trial if accepted else loss, reduce=reduce,
+                                           derivatives=global_derivatives)
         radius = global_step.radius  # update_radius keeps it in [min_radius, max_radius]
         t2 = time.perf_counter()
 

@@ -23,6 +23,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .trust_region import (
     DEFAULT_RADIUS,
+    FlatDerivatives,
     StopReason,
     TrustRegionConfig,
     capped_radius,
@@ -32,7 +33,16 @@ from .trust_region import (
     update_radius,
 )
 
-__all__ = ["RecordingOptimizer", "StepInfo", "TrustRegion", "TrustRegionTotals", "trust_region_step"]
+__all__ = [
+    "COMPILE_MIN_ITERATIONS",
+    "RecordingOptimizer",
+    "StepInfo",
+    "TrustRegion",
+    "TrustRegionTotals",
+    "check_compile",
+    "resolve_compile",
+    "trust_region_step",
+]
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,8 @@ def trust_region_step(
     retry: bool = True,
     loss: Tensor | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
-) -> tuple[StepInfo, Tensor]:
+    derivatives: FlatDerivatives | None = None,
+) -> tuple[StepInfo, Tensor | None]:
     """One trust-region step on ``params`` in place: TR-CG, ratio test, radius update.
 
     ``loss_fn`` evaluates the loss at the current values of ``params`` with a graph (no
@@ -127,24 +138,44 @@ def trust_region_step(
     ``loss_fn`` then returns its share of the loss, and the loss values, the gradient and every
     Hessian-vector product are summed, so that all processes take the same step.
 
+    ``derivatives`` (:class:`FlatDerivatives`, e.g. compiled) replaces the graph: the loss, the
+    gradient, the products and the trial losses are then its functions of the flat parameters,
+    ``loss_fn`` and ``loss`` are not used, and the loss returned is ``None``.
+
     Returns the step's record and the loss at the parameters it leaves, with its graph, so
     that a following step on the same objective can start from it (``loss=``).
     """
     total = reduce if reduce is not None else (lambda t: t)
     cap = config.max_radius if max_radius is None else max_radius
-    with torch.enable_grad():
-        if loss is None:
-            loss = loss_fn()
-        loss_value = float(total(loss.detach()))
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"non-finite loss {loss_value} at the current point of the trust-region step")
-        grads = torch.autograd.grad(loss, params, create_graph=True)
-    flat_grad = total(torch.cat([g.detach().reshape(-1) for g in grads]))
+    start = parameters_to_vector(params).detach().clone()
+    if derivatives is not None:
+        loss, (value, grad) = None, derivatives.loss_and_grad(start)
+        loss_value = float(total(value.detach()))
+        flat_grad = total(grad.detach())
+        local_hvp = lambda v: derivatives.hvp(start, v)  # noqa: E731
+
+        def trial_loss_at(point: Tensor) -> tuple[float, Tensor | None]:
+            return float(total(derivatives.loss(point).detach())), None
+    else:
+        with torch.enable_grad():
+            if loss is None:
+                loss = loss_fn()
+            loss_value = float(total(loss.detach()))
+            grads = torch.autograd.grad(loss, params, create_graph=True) if math.isfinite(loss_value) else None
+        flat_grad = None if grads is None else total(torch.cat([g.detach().reshape(-1) for g in grads]))
+        local_hvp = None if grads is None else flat_hvp(grads, params)
+
+        def trial_loss_at(point: Tensor) -> tuple[float, Tensor | None]:
+            with torch.no_grad():
+                vector_to_parameters(point, params)
+            with torch.enable_grad():
+                trial = loss_fn()
+            return float(total(trial.detach())), trial
+    if not math.isfinite(loss_value):
+        raise FloatingPointError(f"non-finite loss {loss_value} at the current point of the trust-region step")
     if not torch.isfinite(flat_grad).all():
         raise FloatingPointError("non-finite gradient at the current point of the trust-region step")
-    local_hvp = flat_hvp(grads, params)
     hvp = local_hvp if reduce is None else (lambda v: reduce(local_hvp(v)))
-    start = parameters_to_vector(params).detach().clone()
     tries = cg_iterations = non_finite = 0
     while True:
         tries += 1
@@ -153,15 +184,14 @@ def trust_region_step(
         cg_iterations += result.iterations
         trial_loss, trial = math.nan, None
         if result.reason != StopReason.NON_FINITE:
-            with torch.no_grad():
-                vector_to_parameters(start + result.step, params)
-            with torch.enable_grad():
-                trial = loss_fn()
-            trial_loss = float(total(trial.detach()))
+            trial_loss, trial = trial_loss_at(start + result.step)
         non_finite += not math.isfinite(trial_loss)
         rho = reduction_ratio(loss_value - trial_loss, result.predicted_reduction)
         accepted, new_radius = update_radius(radius, rho, result.hits_boundary, config)
         if accepted:
+            if derivatives is not None:
+                with torch.no_grad():
+                    vector_to_parameters(start + result.step, params)
             info = StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason,
                             capped_radius(new_radius, True, cap, config), rho, float(result.step.norm()),
                             result.predicted_reduction, non_finite)
@@ -181,6 +211,30 @@ def trust_region_step(
             while radius > step_norm and radius > config.min_radius:
                 radius = max(radius * config.shrink, config.min_radius)
                 tries += 1
+
+
+def check_compile(compile: bool) -> bool:
+    """An optimizer's ``compile`` flag, refused unless a bool (``"auto"`` is chosen before, from the
+    run's length: :func:`resolve_compile`)."""
+    if not isinstance(compile, bool):
+        raise ValueError(f"compile must be True or False for an optimizer, got {compile!r}")
+    return compile
+
+
+#: Outer iterations from which ``compile="auto"`` compiles: compiling costs 40-90 s once per
+#: process on the development CPU and saves about half of each iteration (see the README's
+#: speed table), so shorter runs would wait longer than they gain.
+COMPILE_MIN_ITERATIONS = 500
+
+
+def resolve_compile(mode: str, iterations: int | None) -> bool:
+    """Whether to compile: ``"on"``, ``"off"``, or for ``"auto"`` when the run has at least
+    :data:`COMPILE_MIN_ITERATIONS` outer iterations left (``iterations``; unknown: no)."""
+    if mode not in ("auto", "on", "off"):
+        raise ValueError(f"compile must be 'auto', 'on' or 'off', got {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    return iterations is not None and iterations >= COMPILE_MIN_ITERATIONS
 
 
 class RecordingOptimizer(torch.optim.Optimizer):
@@ -245,6 +299,10 @@ class TrustRegion(RecordingOptimizer):
         Initial radius ``Delta_0`` (default 1.0), within ``[min_radius, max_radius]``.
     max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol:
         See :class:`~pinn_apts.core.trust_region.TrustRegionConfig` (defaults: the paper's).
+    compile:
+        With an ``objective`` given to :meth:`step` that offers ``compiled()`` (a
+        :class:`~pinn_apts.PINNObjective`), take the step on its compiled loss, gradient and
+        Hessian-vector products.  Not stored in checkpoints.
 
     The radius, the counters and the last step's record live in ``state_dict()``, so
     checkpoints carry them.  ``step(closure)`` needs a closure that re-evaluates the loss
@@ -269,16 +327,27 @@ class TrustRegion(RecordingOptimizer):
         cg_max_iter: int = TrustRegionConfig.cg_max_iter,
         damping: float = TrustRegionConfig.damping,
         cg_rtol: float | None = TrustRegionConfig.cg_rtol,
+        compile: bool = False,
     ) -> None:
         config = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
         config.check_radius("radius", radius)
         super().__init__(params, asdict(config), radius)
+        #: use the closure's compiled derivatives (``closure.compiled()``) where it offers them
+        self.compile = check_compile(compile)
 
-    def step(self, closure: Callable[[], Tensor]) -> Tensor:  # type: ignore[override]
+    def step(self, closure: Callable[[], Tensor], objective: object | None = None) -> Tensor:  # type: ignore[override]
+        """One trust-region step on the loss ``closure()`` returns; with ``compile=True`` and an
+        ``objective`` offering ``compiled()`` (a :class:`~pinn_apts.PINNObjective`), on its compiled
+        derivatives instead (``closure`` must then evaluate the same loss; it is called once)."""
         if closure is None:
             raise ValueError("TrustRegion.step needs a closure that returns the loss (without backward)")
         params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
-        info, _ = trust_region_step(closure, params, self.radius, self.config)
+        offers = self.compile and callable(getattr(objective, "compiled", None))
+        derivatives = objective.compiled() if offers else None
+        if derivatives is not None:
+            with torch.no_grad():
+                closure()  # once, for what the closure records (the objective's entry terms, hooks)
+        info, _ = trust_region_step(closure, params, self.radius, self.config, derivatives=derivatives)
         self._record(info, info.radius, steps=1, accepted=int(info.accepted), tries=info.tries,
                      cg_iterations=info.cg_iterations)
         return torch.tensor(info.loss)

@@ -21,6 +21,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .optim import trust_region_step
 from .trust_region import (
+    FlatDerivatives,
     StopReason,
     TrustRegionConfig,
     capped_radius,
@@ -57,12 +58,15 @@ def local_solves(
     config: TrustRegionConfig,
     local_steps: int,
     local_retry: bool = False,
+    derivatives: Callable[[int], FlatDerivatives | None] | None = None,
 ) -> LocalSolveResult:
     """Stage I's local solves, one replica after the other, on ``params`` in place.
 
     Each replica starts from the current ``params`` (``theta_k``) and takes ``J`` local
     trust-region steps on ``local_loss(d)`` with radius ``Delta_k / J`` as initial and maximum
-    radius.  ``params`` are restored to ``theta_k`` on return.
+    radius.  ``params`` are restored to ``theta_k`` on return.  ``derivatives(d)``, if given,
+    supplies replica ``d``'s loss, gradient and products as functions of the flat parameters
+    (compiled) instead of the graph of ``local_loss(d)``.
     """
     params = list(params)
     start = parameters_to_vector(params).detach().clone()
@@ -73,10 +77,11 @@ def local_solves(
         with torch.no_grad():
             vector_to_parameters(start, params)
         loss = None  # each local step starts from the loss its predecessor left (same objective)
+        flat = derivatives(d) if derivatives is not None else None
         for j in range(local_steps):
             try:
                 info, loss = trust_region_step(lambda: local_loss(d), params, local_radius, config,
-                                               max_radius=local_cap, retry=local_retry, loss=loss)
+                                               max_radius=local_cap, retry=local_retry, loss=loss, derivatives=flat)
             except FloatingPointError as err:
                 raise FloatingPointError(f"Stage I, replica {d}, local step {j + 1}: {err}") from err
             local_radius = info.radius  # at most local_cap, at least min_radius

@@ -20,6 +20,7 @@ import enum
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -27,6 +28,7 @@ from torch import Tensor
 __all__ = [
     "DEFAULT_RADIUS",
     "CGResult",
+    "FlatDerivatives",
     "StackedCGResult",
     "StopReason",
     "TrustRegionConfig",
@@ -398,6 +400,21 @@ def capped_radius(
         return float(capped_radius(torch.tensor(float(radius), dtype=torch.float64), torch.tensor(bool(accepted)),
                                    cap, config))
     return torch.where(accepted, radius.clamp(max=cap), radius).clamp(min=config.min_radius)
+
+
+class FlatDerivatives(Protocol):
+    """An objective's loss, gradient and Hessian-vector products as functions of the flat parameters
+    (e.g. compiled ones, :meth:`pinn_apts.PINNObjective.compiled`): what a trust-region step can use
+    instead of a graph built on the parameters (:func:`flat_hvp`)."""
+
+    def loss(self, flat: Tensor) -> Tensor:
+        """The loss at ``flat``, a 0-d tensor."""
+
+    def loss_and_grad(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        """The loss and its gradient at ``flat``."""
+
+    def hvp(self, flat: Tensor, v: Tensor) -> Tensor:
+        """The Hessian at ``flat`` times ``v``."""
 
 
 def flat_hvp(gradient: Sequence[Tensor], params: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core.distributed import Communicator, replicas_of_rank
+from .compiled import CompiledDerivatives, LossData, compiled_pinn_loss
 from .loss import LossTerms, check_loss_finite, pinn_loss, pinn_loss_share, stacked_pinn_loss
 from .model import MLP
 from .problems import PDEProblem
@@ -144,6 +145,38 @@ class PINNObjective:
         weights = [stacked[f"layers.{i}.weight"] for i in layers]
         biases = [stacked[f"layers.{i}.bias"] for i in layers]
         return stacked_pinn_loss(weights, biases, self.problem, self.batch, [self.parts[d] for d in self.replicas])
+
+    def compiled(self, d: int | None = None) -> CompiledDerivatives | None:
+        """Compiled loss, gradient and Hessian-vector products (:mod:`~pinn_apts.pde.compiled`) of
+        replica ``d``'s objective, or with ``d=None`` of :meth:`full` (this process's share across
+        processes), as functions of the flat parameters; ``None`` where they are not available
+        (a network other than the package's MLP, or compilation failed: use the graph path)."""
+        if not self.can_stack or not all(p.requires_grad for p in self.net.parameters()):
+            return None
+        functions = compiled_pinn_loss(self.problem, self.net.layer_sizes)
+        batch, comm = self.batch, self.communicator
+        like = batch.interior
+
+        def weight(size: int) -> Tensor:
+            return torch.tensor(1.0 / size, dtype=like.dtype, device=like.device)
+
+        if d is not None:
+            interior, interior_weight = self._interior(d), weight(len(self.parts[d]))
+            initial, initial_values = batch.initial, batch.initial_values
+            boundary, boundary_values = batch.boundary, batch.boundary_values
+        elif comm.world_size == 1:
+            interior, interior_weight = batch.interior, weight(len(batch.interior))
+            initial, initial_values = batch.initial, batch.initial_values
+            boundary, boundary_values = batch.boundary, batch.boundary_values
+        else:  # this rank's share, as pinn_loss_share
+            rank, size = comm.rank, comm.world_size
+            interior = torch.cat([self._interior(r) for r in self.replicas])
+            interior_weight = weight(len(batch.interior))
+            initial, initial_values = batch.initial[rank::size], batch.initial_values[rank::size]
+            boundary, boundary_values = batch.boundary[rank::size], batch.boundary_values[rank::size]
+        data = LossData(interior, interior_weight, initial, initial_values, weight(len(batch.initial)),
+                        boundary, boundary_values, weight(len(batch.boundary)))
+        return functions.derivatives(data)
 
     @cached_property
     def _layout(self) -> tuple[list[str], list[torch.Size]]:

@@ -24,7 +24,7 @@ from ..pde.objective import PINNObjective
 from ..pde.sampling import CollocationBatch
 from .metrics import RelativeL2Error
 from ..pde.model import MLP
-from ..core.optim import StepInfo
+from ..core.optim import StepInfo, resolve_compile
 from .checkpoints import RESUME_HINT, canonical_class_path, class_path, refuse_other_settings
 from ..pde.problems import PDEProblem, check_int, resolve_problem
 
@@ -190,6 +190,20 @@ class PINNModule(L.LightningModule):
         """A signal stops the run after the current outer iteration; the run's folders are reported;
         the error figure is drawn at the end."""
         return [GracefulStop(), RunReport(), ErrorFigure()]
+
+    #: ``"auto"``, ``"on"`` or ``"off"`` for the modules whose optimizer can take compiled steps
+    compile_mode: str | None = None
+
+    def on_train_start(self) -> None:
+        """Settle ``compile="auto"`` now that the run's remaining length is known (after a resume too)."""
+        if self.compile_mode is None:
+            return
+        max_steps = self.trainer.max_steps
+        remaining = max_steps - self.trainer.global_step if max_steps is not None and max_steps >= 1 else None
+        optimizer = self.optimizers().optimizer
+        optimizer.compile = resolve_compile(self.compile_mode, remaining)
+        if self.compile_mode == "auto":
+            log.info("compile=auto: %s for %s outer iterations", "compiling" if optimizer.compile else "eager", remaining)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["pinn_apts"] = {"module": class_path(type(self))}

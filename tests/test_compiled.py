@@ -1,0 +1,162 @@
+"""Compiled trust-region steps (issue "Fast steps"): the same derivatives and iterates as eager ones.
+
+Compiling takes tens of seconds per process on the CPU; the tests share one compiled loss
+(Heat, the package's MLP, float64) through :func:`~pinn_apts.pde.compiled.compiled_pinn_loss`.
+"""
+
+import warnings
+
+import pytest
+import torch
+from torch.nn.utils import parameters_to_vector
+
+from pinn_apts import APTS, APTSPINN, PINNObjective, TrustRegion, TrustRegionPINN
+from pinn_apts.core.optim import COMPILE_MIN_ITERATIONS, check_compile, resolve_compile
+from pinn_apts.core.trust_region import flat_hvp
+from pinn_apts.pde.compiled import CompiledPINNLoss
+from pinn_apts.pde.jet import Jet
+from pinn_apts.pde.model import MLP
+from pinn_apts.pde.problems import Heat, PDEProblem, get_problem
+from pinn_apts.pde.sampling import CollocationSampler, Curriculum
+from pinn_apts.training.data import PINNDataModule
+
+from .conftest import FakeRank, fast_trainer
+
+SMALL = Curriculum((120, 40, 20), (120, 30, 30), 0.3)
+
+
+def objective_at(iteration=3, num_subdomains=3, communicator=None, problem="heat"):
+    torch.set_default_dtype(torch.float64)
+    problem = get_problem(problem)
+    batch = CollocationSampler(problem, total_iterations=10, curriculum=SMALL, seed=0).batch(iteration)
+    net = MLP(seed=0)
+    return net, PINNObjective(net, problem, batch, num_subdomains, communicator)
+
+
+def eager_derivatives(net, loss_fn, v):
+    params = list(net.parameters())
+    loss = loss_fn()
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    return loss.detach(), torch.cat([g.detach().reshape(-1) for g in grads]), flat_hvp(grads, params)(v)
+
+
+@pytest.mark.parametrize("iteration", [1, 8])  # both curriculum phases: other shapes, one compilation
+@pytest.mark.parametrize("part", [None, 0, 2])  # the full loss and replicas' local losses
+def test_compiled_loss_gradient_and_products_are_the_eager_ones(iteration, part):
+    net, objective = objective_at(iteration)
+    theta = parameters_to_vector(net.parameters()).detach()
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(1))
+    compiled = objective.compiled(part)
+    loss, grad, product = eager_derivatives(net, objective.full if part is None else lambda: objective.local(part), v)
+    value, compiled_grad = compiled.loss_and_grad(theta)
+    assert compiled.loss(theta) == pytest.approx(float(loss), rel=1e-13)
+    assert float(value) == pytest.approx(float(loss), rel=1e-13)
+    assert torch.allclose(compiled_grad, grad, rtol=0, atol=1e-12 * float(grad.norm()))
+    assert torch.allclose(compiled.hvp(theta, v), product, rtol=0, atol=1e-11 * float(product.norm()))
+
+
+def test_compiled_share_sums_to_the_full_loss():
+    shares = [objective_at(communicator=FakeRank(rank, 3))[1].compiled() for rank in range(3)]
+    net, objective = objective_at(num_subdomains=3)
+    theta = parameters_to_vector(net.parameters()).detach()
+    total = sum(float(share.loss(theta)) for share in shares)
+    assert total == pytest.approx(float(objective.full()), rel=1e-13)
+
+
+def run(optimizer, compile, iterations=10):
+    """The parameters after each of ``iterations`` outer iterations, and the optimizer's totals."""
+    torch.set_default_dtype(torch.float64)
+    problem = get_problem("heat")
+    sampler = CollocationSampler(problem, total_iterations=iterations, curriculum=SMALL, seed=0)
+    net = MLP(seed=0)
+    if optimizer == "apts":
+        opt = APTS(net.parameters(), num_subdomains=3, replicas="sequential", compile=compile)
+    else:
+        opt = TrustRegion(net.parameters(), compile=compile)
+    iterates = []
+    for k in range(iterations):
+        objective = PINNObjective(net, problem, sampler.batch(k), 3 if optimizer == "apts" else 1)
+        if optimizer == "apts":
+            opt.step(objective)
+        else:
+            opt.step(objective.full, objective=objective)
+        iterates.append(parameters_to_vector(net.parameters()).detach().clone())
+    return iterates, opt.totals
+
+
+# Each APTS iteration (36 local and a global CG solve on an ill-conditioned Hessian) amplifies a
+# rounding difference about 50-fold: measured on Heat, max |d theta| 1e-16, 6e-15, 9e-12, 2e-8
+# after 1, 4, 7, 10 iterations; any change of summation order does the same.  Hence 1e-10 after
+# six iterations for APTS, and the same decisions (acceptances, tries, CG iterations) over ten.
+@pytest.mark.parametrize("optimizer, agree_for", [("apts", 6), ("tr", 10)])
+def test_compiled_and_eager_iterates_agree_over_ten_outer_iterations(optimizer, agree_for):
+    eager, eager_totals = run(optimizer, compile=False)
+    compiled, compiled_totals = run(optimizer, compile=True)
+    assert compiled_totals == eager_totals  # the same acceptances, tries and CG iterations
+    assert float((compiled[agree_for - 1] - eager[agree_for - 1]).abs().max()) <= 1e-10
+    assert not torch.equal(compiled[-1], eager[-1])  # really another computation
+
+
+class GraphBreakingHeat(Heat):
+    """Heat whose residual breaks a compiled graph (as an unsupported operation would)."""
+
+    def residual(self, jet: Jet) -> torch.Tensor:
+        torch._dynamo.graph_break()
+        return super().residual(jet)
+
+
+def test_a_loss_that_cannot_be_compiled_runs_eagerly_with_one_warning():
+    torch.set_default_dtype(torch.float64)
+    problem = GraphBreakingHeat()
+    batch = CollocationSampler(problem, total_iterations=10, curriculum=SMALL, seed=0).batch(3)
+    net = MLP(seed=0)
+    objective = PINNObjective(net, problem, batch)
+    theta = parameters_to_vector(net.parameters()).detach()
+    with pytest.warns(RuntimeWarning, match="could not compile the loss of GraphBreakingHeat.*running eagerly"):
+        value = objective.compiled().loss(theta)
+    assert float(value) == pytest.approx(float(objective.full()), rel=1e-13)
+    assert objective.compiled() is None  # from now on the optimizers take the graph path
+    opt = APTS(net.parameters(), num_subdomains=2, replicas="sequential", compile=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once only
+        opt.step(PINNObjective(net, problem, batch, 2))
+    assert opt.last_step.new_loss < opt.last_step.loss
+
+
+def test_compile_choices():
+    assert resolve_compile("on", 10) and not resolve_compile("off", 10**6)
+    assert resolve_compile("auto", COMPILE_MIN_ITERATIONS) and not resolve_compile("auto", COMPILE_MIN_ITERATIONS - 1)
+    assert not resolve_compile("auto", None)
+    with pytest.raises(ValueError, match="compile must be 'auto', 'on' or 'off', got 'yes'"):
+        APTSPINN(compile="yes")
+    with pytest.raises(ValueError, match="compile must be True or False for an optimizer, got 'on'"):
+        TrustRegion(MLP().parameters(), compile="on")
+    assert check_compile(True)
+
+
+@pytest.mark.parametrize("mode, steps, expected", [("auto", 3, False), ("off", 3, False)])
+def test_modules_settle_compile_at_the_start_of_training(tmp_path, mode, steps, expected):
+    module = TrustRegionPINN(problem="heat", compile=mode, eval_points=(5, 5))
+    data = PINNDataModule("heat", early_sizes=(60, 20, 10), late_sizes=(60, 20, 10))
+    fast_trainer(steps, tmp_path).fit(module, data)
+    assert module.optimizers().optimizer.compile is expected
+
+
+def test_compiled_module_trains_like_the_eager_one(tmp_path):
+    thetas = []
+    for mode in ("off", "on"):
+        module = APTSPINN(problem="heat", num_subdomains=2, replicas="sequential", compile=mode, eval_points=(5, 5))
+        data = PINNDataModule("heat", early_sizes=(60, 20, 10), late_sizes=(60, 20, 10))
+        fast_trainer(3, tmp_path).fit(module, data)
+        assert module.optimizers().optimizer.compile is (mode == "on")
+        thetas.append(parameters_to_vector(module.net.parameters()).detach())
+    assert float((thetas[0] - thetas[1]).abs().max()) <= 1e-10
+
+
+def test_compiled_functions_are_shared_by_equal_problems():
+    from pinn_apts.pde.compiled import compiled_pinn_loss
+
+    first = compiled_pinn_loss(get_problem("heat"), (2, 20, 20, 20, 1))
+    assert compiled_pinn_loss(get_problem("heat"), (2, 20, 20, 20, 1)) is first
+    assert compiled_pinn_loss(get_problem("heat", kappa=0.5), (2, 20, 20, 20, 1)) is not first
+    assert isinstance(first, CompiledPINNLoss) and isinstance(get_problem("heat"), PDEProblem)
