@@ -4,13 +4,18 @@ Usage::
 
     python benchmarks/apts_speed.py [--problem burgers] [--subdomains 4] [--iterations 40]
                                     [--warmup 5] [--threads 1] [--dtype float64]
-                                    [--replicas sequential|batched]
+                                    [--replicas sequential|batched] [--compile on|off]
+                                    [--interior N]
 
 Runs the Lightning-free core (``pinn_apts.core.apts.APTS``) on the paper's set-up for a run of
 ``warmup + iterations`` outer iterations: the curriculum's first 30% with (1000, 800, 50)
-interior/initial/boundary points, then (1000, 100, 100), resampling every 10 iterations.
+interior/initial/boundary points, then (1000, 100, 100), resampling every 10 iterations
+(``--interior N`` replaces the 1000 interior points of both phases, to see how a step's cost
+grows with the collocation set).
 Prints the median wall time of Stage I, Stage II and the whole iteration in each phase,
-the mean over the measured iterations, and the process's peak resident memory.
+the mean over the measured iterations, the warm-up's time (with ``--compile on``, the default,
+it includes compiling the loss, gradient and Hessian-vector products: steady state is measured
+after it) and the process's peak resident memory.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from pinn_apts.core.apts import APTS
 from pinn_apts.pde.model import MLP
 from pinn_apts.pde.objective import PINNObjective
 from pinn_apts.pde.problems import get_problem
-from pinn_apts.pde.sampling import CollocationSampler
+from pinn_apts.pde.sampling import CollocationSampler, Curriculum
 
 
 def main() -> None:
@@ -39,19 +44,29 @@ def main() -> None:
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     parser.add_argument("--replicas", default="sequential", choices=["sequential", "batched"])
     parser.add_argument("--device", default="cpu", help="e.g. cpu or cuda")
+    parser.add_argument("--interior", type=int, default=None, help="interior points (default: the paper's 1000)")
+    parser.add_argument("--compile", default="on", choices=["on", "off"],
+                        help="compiled loss, gradient and Hessian-vector products (default on)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     torch.set_default_dtype(getattr(torch, args.dtype))
     problem = get_problem(args.problem)
     total = args.warmup + args.iterations
-    sampler = CollocationSampler(problem, total_iterations=total, seed=0)
+    curriculum = Curriculum()
+    if args.interior is not None:
+        curriculum = Curriculum((args.interior, *curriculum.early[1:]), (args.interior, *curriculum.late[1:]),
+                                curriculum.fraction)
+    sampler = CollocationSampler(problem, total_iterations=total, curriculum=curriculum, seed=0)
     switch = sampler.curriculum.switch_iteration(total)
     device = torch.device(args.device)
     net = MLP(seed=0).to(device)
-    opt = APTS(net.parameters(), num_subdomains=args.subdomains, replicas=args.replicas)
+    opt = APTS(net.parameters(), num_subdomains=args.subdomains, replicas=args.replicas, compile=args.compile == "on")
     stage1, stage2, whole, phase = [], [], [], []
+    warmup_start = time.perf_counter()
     for k in range(total):
+        if k == args.warmup:
+            warmup_seconds = time.perf_counter() - warmup_start
         batch = sampler.batch(k).to(device=device, dtype=torch.get_default_dtype())
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -67,8 +82,9 @@ def main() -> None:
             whole.append(elapsed)
             phase.append("early" if k < switch else "late")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"APTS D={args.subdomains} ({args.replicas}) on {args.problem}, {args.device}, {args.dtype}, {args.threads} thread(s), "
-          f"{args.iterations} iterations after {args.warmup} warm-up")
+    print(f"APTS D={args.subdomains} ({args.replicas}, compile {args.compile}) on {args.problem}, {args.device}, "
+          f"{args.dtype}, {args.threads} thread(s), {args.iterations} iterations after {args.warmup} warm-up "
+          f"({warmup_seconds:.1f} s)")
     for label, sizes in (("early", sampler.curriculum.early), ("late", sampler.curriculum.late)):
         picked = [i for i, p in enumerate(phase) if p == label]
         if not picked:

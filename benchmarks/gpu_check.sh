@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# One short device check: APTS seconds per iteration, sequential vs batched replicas,
-# D in {1, 2, 4, 8}, Burgers, float64, on the GPU (and the CPU build's numbers come
-# from benchmarks/apts_speed.py on the CPU machine).  Usage: bash benchmarks/gpu_check.sh [OUTDIR]
+# One device check (at most about 8 minutes on an H100/H200): APTS D = 4 on Burgers, float64,
+# eager and compiled, sequential and batched replicas; TR, Adam and L-BFGS rows beside it through
+# Trainer.fit; APTS through Trainer.fit against its bare loop; then as much of the README's main
+# job (2000 iterations, compiled) as fits in the time left.  Tables go to OUTDIR (default
+# gpu_results); copy them to benchmarks/results/.
+#   Usage: bash benchmarks/gpu_check.sh [OUTDIR]
+#   Test its CPU path with tiny runs: DEVICE=cpu ITERS=2 WARMUP=1 MAIN=3 bash benchmarks/gpu_check.sh /tmp/out
 set -uo pipefail
 out=${1:-gpu_results}
+device=${DEVICE:-cuda}
+iters=${ITERS:-15}
+warmup=${WARMUP:-5}
+main=${MAIN:-2000}
 mkdir -p "$out"
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" | tee -a "$out/gpu.txt"
-for d in 1 2 4 8; do
-  for mode in sequential batched; do
-    python benchmarks/apts_speed.py --device cuda --subdomains "$d" --replicas "$mode" --iterations 15 --warmup 3 \
-      2>&1 | tee -a "$out/apts_speed.txt"
-  done
+{ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"; } | tee "$out/device.txt"
+python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.is_available())" | tee -a "$out/device.txt"
+for args in "--replicas sequential --compile off" "--replicas sequential --compile on" "--replicas batched --compile off"; do
+  timeout 150 python benchmarks/apts_speed.py --device "$device" --subdomains 4 $args --iterations "$iters" --warmup "$warmup" \
+    2>&1 | grep -v Warning | tee -a "$out/apts_speed.txt"
 done
+timeout 200 python benchmarks/method_speed.py --device "$device" --iterations "$iters" --warmup "$warmup" \
+  --methods adam lbfgs tr tr_compiled apts apts_compiled apts_loop 2>&1 | grep -v Warning | tee "$out/method_speed.md"
+# The main job: warm-up (compilation) + iterations x mean = its wall time, compilation included.
+timeout 240 python benchmarks/apts_speed.py --device "$device" --subdomains 4 --replicas sequential --compile on \
+  --iterations $((main - 5)) --warmup 5 2>&1 | grep -v Warning | tee "$out/main_job.txt"

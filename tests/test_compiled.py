@@ -11,7 +11,7 @@ import torch
 from torch.nn.utils import parameters_to_vector
 
 from pinn_apts import APTS, APTSPINN, PINNObjective, TrustRegion, TrustRegionPINN
-from pinn_apts.core.optim import COMPILE_MIN_ITERATIONS, check_compile, resolve_compile
+from pinn_apts.core.optim import check_compile, resolve_compile
 from pinn_apts.core.trust_region import flat_hvp
 from pinn_apts.pde.compiled import CompiledPINNLoss
 from pinn_apts.pde.jet import Jet
@@ -124,9 +124,10 @@ def test_a_loss_that_cannot_be_compiled_runs_eagerly_with_one_warning():
 
 
 def test_compile_choices():
-    assert resolve_compile("on", 10) and not resolve_compile("off", 10**6)
-    assert resolve_compile("auto", COMPILE_MIN_ITERATIONS) and not resolve_compile("auto", COMPILE_MIN_ITERATIONS - 1)
-    assert not resolve_compile("auto", None)
+    assert resolve_compile("on", 10, 100) and not resolve_compile("off", 10**6, 100)
+    assert resolve_compile("auto", 100, 100) and not resolve_compile("auto", 99, 100)
+    assert not resolve_compile("auto", None, 100)
+    assert TrustRegionPINN.compile_min_iterations > APTSPINN.compile_min_iterations  # a TR iteration saves less
     with pytest.raises(ValueError, match="compile must be 'auto', 'on' or 'off', got 'yes'"):
         APTSPINN(compile="yes")
     with pytest.raises(ValueError, match="compile must be True or False for an optimizer, got 'on'"):
@@ -134,11 +135,13 @@ def test_compile_choices():
     assert check_compile(True)
 
 
-@pytest.mark.parametrize("mode, steps, expected", [("auto", 3, False), ("off", 3, False)])
-def test_modules_settle_compile_at_the_start_of_training(tmp_path, mode, steps, expected):
+@pytest.mark.parametrize("mode, min_iterations, expected", [("auto", None, False), ("auto", 3, True), ("off", 3, False)])
+def test_modules_settle_compile_at_the_start_of_training(tmp_path, mode, min_iterations, expected):
     module = TrustRegionPINN(problem="heat", compile=mode, eval_points=(5, 5))
+    if min_iterations is not None:
+        module.compile_min_iterations = min_iterations  # a 3-iteration run is then long enough
     data = PINNDataModule("heat", early_sizes=(60, 20, 10), late_sizes=(60, 20, 10))
-    fast_trainer(steps, tmp_path).fit(module, data)
+    fast_trainer(3, tmp_path).fit(module, data)
     assert module.optimizers().optimizer.compile is expected
 
 

@@ -34,7 +34,6 @@ from .trust_region import (
 )
 
 __all__ = [
-    "COMPILE_MIN_ITERATIONS",
     "RecordingOptimizer",
     "StepInfo",
     "TrustRegion",
@@ -221,20 +220,19 @@ def check_compile(compile: bool) -> bool:
     return compile
 
 
-#: Outer iterations from which ``compile="auto"`` compiles: compiling costs 40-90 s once per
-#: process on the development CPU and saves about half of each iteration (see the README's
-#: speed table), so shorter runs would wait longer than they gain.
-COMPILE_MIN_ITERATIONS = 500
-
-
-def resolve_compile(mode: str, iterations: int | None) -> bool:
+def resolve_compile(mode: str, iterations: int | None, min_iterations: int) -> bool:
     """Whether to compile: ``"on"``, ``"off"``, or for ``"auto"`` when the run has at least
-    :data:`COMPILE_MIN_ITERATIONS` outer iterations left (``iterations``; unknown: no)."""
+    ``min_iterations`` outer iterations left (``iterations``; unknown: no).
+
+    Compiling costs 20-90 s once per process (on the development CPU; less when inductor's
+    cache in the temporary directory already holds the kernels) and then saves a fixed share of
+    every iteration, so it pays from a run length that depends on the method (the modules'
+    ``compile_min_iterations``)."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"compile must be 'auto', 'on' or 'off', got {mode!r}")
     if mode != "auto":
         return mode == "on"
-    return iterations is not None and iterations >= COMPILE_MIN_ITERATIONS
+    return iterations is not None and iterations >= min_iterations
 
 
 class RecordingOptimizer(torch.optim.Optimizer):

@@ -53,14 +53,18 @@ class APTSPINN(PINNModule):
     compile:
         ``"on"``: take the trust-region steps on the compiled loss, gradient and Hessian-vector
         products (:mod:`pinn_apts.pde.compiled`; about twice as fast per iteration on the CPU,
-        after a compilation of 40-90 s); ``"off"``: eager; ``"auto"`` (default): ``"on"`` when the
-        run has at least :data:`~pinn_apts.core.optim.COMPILE_MIN_ITERATIONS` outer iterations left.
+        after a compilation of 20-90 s); ``"off"``: eager; ``"auto"`` (default): ``"on"`` when the
+        run has at least :attr:`compile_min_iterations` outer iterations left (where compiling
+        paid on the development CPU, compilation included).
         The iterates agree with eager ones to rounding.
     **kwargs:
         Passed to :class:`PINNModule`.
     """
 
     progress_bar = {"radius": "apts/radius", "acc": "apts/stage1_acceptance_rate"}
+    #: compile=auto compiles from this run length: on the development CPU compiling (20-90 s) saved
+    #: about 0.12 s of a 0.3 s Burgers iteration (README, Speed)
+    compile_min_iterations = 1000
 
     def __init__(
         self,
@@ -84,7 +88,7 @@ class APTSPINN(PINNModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        resolve_compile(compile, None)  # refuse a bad value now
+        resolve_compile(compile, None, 0)  # refuse a bad value now
         self.compile_mode = compile
         self.optimizer_kwargs = dict(
             num_subdomains=num_subdomains, local_steps=local_steps, radius=radius, max_radius=max_radius,

@@ -111,8 +111,9 @@ class TrustRegionPINN(PINNModule):
     compile:
         ``"on"``: take the trust-region steps on the compiled loss, gradient and Hessian-vector
         products (:mod:`pinn_apts.pde.compiled`; about twice as fast per iteration on the CPU,
-        after a compilation of 40-90 s); ``"off"``: eager; ``"auto"`` (default): ``"on"`` when the
-        run has at least :data:`~pinn_apts.core.optim.COMPILE_MIN_ITERATIONS` outer iterations left.
+        after a compilation of 20-90 s); ``"off"``: eager; ``"auto"`` (default): ``"on"`` when the
+        run has at least :attr:`compile_min_iterations` outer iterations left (where compiling
+        paid on the development CPU, compilation included).
         The iterates agree with eager ones to rounding.
     **kwargs:
         Passed to :class:`PINNModule`.
@@ -135,7 +136,7 @@ class TrustRegionPINN(PINNModule):
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
-        resolve_compile(compile, None)  # refuse a bad value now
+        resolve_compile(compile, None, 0)  # refuse a bad value now
         self.compile_mode = compile
         self.optimizer_kwargs = dict(
             radius=radius, max_radius=max_radius, min_radius=min_radius, eta1=eta1, eta2=eta2,
@@ -143,6 +144,10 @@ class TrustRegionPINN(PINNModule):
         )
         TrustRegionConfig.from_mapping(self.optimizer_kwargs).check_radius("radius", radius)
         self.steps_per_iteration = check_int("steps_per_iteration", steps_per_iteration)
+
+    #: compile=auto compiles from this run length: a TR iteration is cheap, so compiling (20-90 s)
+    #: pays only over long runs (README, Speed)
+    compile_min_iterations = 5000
 
     def configure_optimizers(self) -> TrustRegion:
         return TrustRegion(self.net.parameters(), **self.optimizer_kwargs)

@@ -193,6 +193,8 @@ class PINNModule(L.LightningModule):
 
     #: ``"auto"``, ``"on"`` or ``"off"`` for the modules whose optimizer can take compiled steps
     compile_mode: str | None = None
+    #: the run length (outer iterations left) from which ``compile="auto"`` compiles
+    compile_min_iterations: int = 1000
 
     def on_train_start(self) -> None:
         """Settle ``compile="auto"`` now that the run's remaining length is known (after a resume too)."""
@@ -201,7 +203,7 @@ class PINNModule(L.LightningModule):
         max_steps = self.trainer.max_steps
         remaining = max_steps - self.trainer.global_step if max_steps is not None and max_steps >= 1 else None
         optimizer = self.optimizers().optimizer
-        optimizer.compile = resolve_compile(self.compile_mode, remaining)
+        optimizer.compile = resolve_compile(self.compile_mode, remaining, self.compile_min_iterations)
         if self.compile_mode == "auto":
             log.info("compile=auto: %s for %s outer iterations", "compiling" if optimizer.compile else "eager", remaining)
 
