@@ -60,7 +60,7 @@ def test_compiled_share_sums_to_the_full_loss():
     net, objective = objective_at(num_subdomains=3)
     theta = parameters_to_vector(net.parameters()).detach()
     total = sum(float(share.loss(theta)) for share in shares)
-    assert total == pytest.approx(float(objective.full()), rel=1e-13)
+    assert total == pytest.approx(float(objective.full().detach()), rel=1e-13)
 
 
 def run(optimizer, compile, iterations=10):
