@@ -13,10 +13,11 @@ compilation serves the local and the full objectives and both curriculum phases)
   instead of a double backward through a retained graph.
 
 Measured on the 2-core development CPU (float64, one thread, Burgers, the late curriculum
-phase): a local product 1.6 ms compiled against 3.3 ms eager, a full one 4.3 ms against 7.7 ms;
-compiling costs about 45 s once per process (``benchmarks/apts_speed.py --compile``).  A loss
-that cannot be compiled (an operation ``torch.compile`` does not support in a user's residual,
-an old torch) falls back to the eager functions with one warning.
+phase): a product of the full loss 4.4 ms compiled against 9.2 ms eager (``benchmarks/hvp_cost.py``),
+an APTS iteration 1.6x faster; compiling costs about 80 s once per process with an empty kernel
+cache and 10-15 s once inductor's cache holds the kernels.  A loss that cannot be compiled (an
+operation ``torch.compile`` does not support in a user's residual, no C++ compiler, an old
+torch) falls back to the eager functions with one warning.
 
 The functions depend only on the architecture, the problem and the dtype, so they are kept
 per (problem, layer sizes) for the life of the process (:func:`compiled_pinn_loss`).

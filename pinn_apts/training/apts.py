@@ -52,10 +52,10 @@ class APTSPINN(PINNModule):
         see :func:`~pinn_apts.core.apts.stage1_radius_update`.
     compile:
         ``"on"``: take the trust-region steps on the compiled loss, gradient and Hessian-vector
-        products (:mod:`pinn_apts.pde.compiled`; about twice as fast per iteration on the CPU,
-        after a compilation of 20-90 s); ``"off"``: eager; ``"auto"`` (default): ``"on"`` when the
-        run has at least :attr:`compile_min_iterations` outer iterations left (where compiling
-        paid on the development CPU, compilation included).
+        products (:mod:`pinn_apts.pde.compiled`; 1.6x faster per APTS iteration on the CPU, after
+        a compilation of 10-80 s), sequential replicas and Stage II; ``"off"``: eager; ``"auto"``
+        (default): ``"on"`` when the run has at least :attr:`compile_min_iterations` outer
+        iterations left (where compiling paid on the development CPU, compilation included).
         The iterates agree with eager ones to rounding.
     **kwargs:
         Passed to :class:`PINNModule`.

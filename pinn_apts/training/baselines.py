@@ -109,12 +109,9 @@ class TrustRegionPINN(PINNModule):
     steps_per_iteration:
         Trust-region steps per outer iteration (1: one global step, as in APTS's Stage II).
     compile:
-        ``"on"``: take the trust-region steps on the compiled loss, gradient and Hessian-vector
-        products (:mod:`pinn_apts.pde.compiled`; about twice as fast per iteration on the CPU,
-        after a compilation of 20-90 s); ``"off"``: eager; ``"auto"`` (default): ``"on"`` when the
-        run has at least :attr:`compile_min_iterations` outer iterations left (where compiling
-        paid on the development CPU, compilation included).
-        The iterates agree with eager ones to rounding.
+        ``"on"``, ``"off"`` or ``"auto"`` (default), as for :class:`~pinn_apts.training.apts.APTSPINN`:
+        compiled trust-region steps (1.5x faster per TR iteration on the CPU); ``auto`` compiles
+        from :attr:`compile_min_iterations` outer iterations left, a longer run than for APTS.
     **kwargs:
         Passed to :class:`PINNModule`.
     """
