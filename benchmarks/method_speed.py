@@ -64,16 +64,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def through_fit(method: str, problem: str, total: int, device: str) -> list[float]:
+def through_fit(method: str, problem: str, total: int, device: str) -> tuple[list[float], torch.Tensor]:
     timer = StepTimer()
     trainer = L.Trainer(max_steps=total, precision="64-true", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, accelerator=device, devices=1,
                         callbacks=[timer])
-    trainer.fit(MODULES[method](problem), PINNDataModule(problem, seed=0))
-    return timer.seconds
+    module = MODULES[method](problem)
+    trainer.fit(module, PINNDataModule(problem, seed=0))
+    return timer.seconds, torch.nn.utils.parameters_to_vector(module.net.parameters()).detach().cpu()
 
 
-def bare_loop(problem_name: str, total: int, device: str) -> list[float]:
+def bare_loop(problem_name: str, total: int, device: str) -> tuple[list[float], torch.Tensor]:
     torch.set_default_dtype(torch.float64)
     problem = get_problem(problem_name)
     sampler = CollocationSampler(problem, total_iterations=total, seed=0)
@@ -87,7 +88,7 @@ def bare_loop(problem_name: str, total: int, device: str) -> list[float]:
         now = time.perf_counter()
         seconds.append(now - last)
         last = now
-    return seconds
+    return seconds, torch.nn.utils.parameters_to_vector(net.parameters()).detach().cpu()
 
 
 def main() -> None:
@@ -107,11 +108,15 @@ def main() -> None:
           f"outer iteration over iterations {args.warmup}..{total - 1}\n")
     print("| method | s / iteration | warm-up s (compilation included) |")
     print("|---|---|---|")
+    final = {}
     for method in args.methods:
-        seconds = bare_loop(args.problem, total, args.device) if method == "apts_loop" else through_fit(
+        seconds, final[method] = bare_loop(args.problem, total, args.device) if method == "apts_loop" else through_fit(
             method, args.problem, total, args.device)
         print(f"| {method} | {statistics.median(seconds[args.warmup:]):.4f} | {sum(seconds[:args.warmup]):.1f} |",
               flush=True)
+    if "apts" in final and "apts_loop" in final:
+        gap = float((final["apts"] - final["apts_loop"]).abs().max())
+        print(f"\nAPTS through Trainer.fit and in the bare loop: max |theta difference| after {total} iterations {gap:.1e}")
 
 
 if __name__ == "__main__":

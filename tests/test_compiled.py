@@ -63,19 +63,19 @@ def test_compiled_share_sums_to_the_full_loss():
     assert total == pytest.approx(float(objective.full().detach()), rel=1e-13)
 
 
-def run(optimizer, compile, iterations=10):
+def run(optimizer, compile, iterations=10, device="cpu"):
     """The parameters after each of ``iterations`` outer iterations, and the optimizer's totals."""
     torch.set_default_dtype(torch.float64)
     problem = get_problem("heat")
     sampler = CollocationSampler(problem, total_iterations=iterations, curriculum=SMALL, seed=0)
-    net = MLP(seed=0)
+    net = MLP(seed=0).to(device)
     if optimizer == "apts":
         opt = APTS(net.parameters(), num_subdomains=3, replicas="sequential", compile=compile)
     else:
         opt = TrustRegion(net.parameters(), compile=compile)
     iterates = []
     for k in range(iterations):
-        objective = PINNObjective(net, problem, sampler.batch(k), 3 if optimizer == "apts" else 1)
+        objective = PINNObjective(net, problem, sampler.batch(k).to(device=device), 3 if optimizer == "apts" else 1)
         if optimizer == "apts":
             opt.step(objective)
         else:
@@ -88,10 +88,14 @@ def run(optimizer, compile, iterations=10):
 # rounding difference about 50-fold: measured on Heat, max |d theta| 1e-16, 6e-15, 9e-12, 2e-8
 # after 1, 4, 7, 10 iterations; any change of summation order does the same.  Hence 1e-10 after
 # six iterations for APTS, and the same decisions (acceptances, tries, CG iterations) over ten.
+CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))
+
+
+@pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("optimizer, agree_for", [("apts", 6), ("tr", 10)])
-def test_compiled_and_eager_iterates_agree_over_ten_outer_iterations(optimizer, agree_for):
-    eager, eager_totals = run(optimizer, compile=False)
-    compiled, compiled_totals = run(optimizer, compile=True)
+def test_compiled_and_eager_iterates_agree_over_ten_outer_iterations(optimizer, agree_for, device):
+    eager, eager_totals = run(optimizer, compile=False, device=device)
+    compiled, compiled_totals = run(optimizer, compile=True, device=device)
     assert compiled_totals == eager_totals  # the same acceptances, tries and CG iterations
     assert float((compiled[agree_for - 1] - eager[agree_for - 1]).abs().max()) <= 1e-10
     assert not torch.equal(compiled[-1], eager[-1])  # really another computation
