@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from pinn_apts.paper.experiments import final_network, main, run_one
+from pinn_apts.paper.experiments import check_rerun, final_network, main, run_one
+from pinn_apts.paper.provenance import source_state
 from pinn_apts.training.cli import CONFIG_DIR
 
 
@@ -31,11 +32,65 @@ def test_run_writes_curves_and_is_skipped_when_done(tmp_path):
 
 
 def test_matrix_in_subprocesses(tmp_path, capsys):
+    # --allow-dirty: the tests also run in a checkout being edited
     main(["--out", str(tmp_path / "r"), "--log-root", str(tmp_path / "l"), "--problems", "laplace",
-          "--methods", "adam", "tr", "--seeds", "0", "--iterations", "2", "--jobs", "2"])
+          "--methods", "adam", "tr", "--seeds", "0", "--iterations", "2", "--jobs", "2", "--allow-dirty"])
     assert sorted(p.name for p in (tmp_path / "r").glob("*.json")) == ["laplace_adam_s0.json", "laplace_tr_s0.json"]
-    main(["--out", str(tmp_path / "r"), "--problems", "laplace", "--methods", "adam", "tr", "--seeds", "0"])
+    main(["--out", str(tmp_path / "r"), "--problems", "laplace", "--methods", "adam", "tr", "--seeds", "0",
+          "--allow-dirty"])
     assert "0 runs to do" in capsys.readouterr().out
+    # a file another commit made is rerun when asked, and then names this checkout's commit
+    path = tmp_path / "r" / "laplace_tr_s0.json"
+    record = json.loads(path.read_text())
+    record["provenance"]["commit"] = "0" * 40
+    path.write_text(json.dumps(record))
+    main(["--out", str(tmp_path / "r"), "--problems", "laplace", "--methods", "adam", "tr", "--seeds", "0",
+          "--iterations", "2", "--allow-dirty", "--rerun-other-commits", "--log-root", str(tmp_path / "l")])
+    assert "1 runs to do" in capsys.readouterr().out
+    assert json.loads(path.read_text())["provenance"]["commit"] == source_state()["commit"]
+
+
+def test_results_record_their_provenance(tmp_path):
+    record = json.loads(run_one("heat", "tr", 0, 2, tmp_path, CONFIG_DIR, tmp_path / "logs").read_text())
+    made = record["provenance"]
+    assert made["commit"] == source_state()["commit"] and made["dirty"] == source_state()["dirty"]
+    assert made["torch"] == torch.__version__ and made["device"] == "cpu" and made["threads"] == torch.get_num_threads()
+    assert made["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and made["cpu"]
+    assert record["compile"] is False and record["schedule"] == 2  # auto: a 2-iteration run stays eager
+    adam = json.loads(run_one("heat", "adam", 0, 2, tmp_path, CONFIG_DIR, tmp_path / "logs").read_text())
+    assert adam["compile"] is None
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"commit": "abc", "dirty": True}, "uncommitted changes"),
+    ({"commit": None, "dirty": None}, "not a git checkout"),
+])
+def test_the_runner_refuses_code_no_commit_holds(monkeypatch, tmp_path, state, message):
+    import pinn_apts.paper.provenance as provenance
+
+    monkeypatch.setattr(provenance, "source_state", lambda: state)
+    with pytest.raises(SystemExit, match=message):
+        main(["--out", str(tmp_path), "--problems", "heat", "--methods", "adam", "--seeds", "0", "--iterations", "1"])
+    assert not list(tmp_path.glob("*.json"))
+    with pytest.raises(ValueError, match="--allow-dirty"):
+        provenance.check_source(state, allow_dirty=False)
+    provenance.check_source(state, allow_dirty=True)
+
+
+@pytest.mark.parametrize("method", ["apts_d2", "lbfgs"])
+def test_a_results_file_reruns_bit_for_bit(tmp_path, method):
+    """The first iterations of a results file, rerun from its record, give bitwise its curves; a
+    file whose curve was altered is caught."""
+    path = run_one("burgers", method, 1, 4, tmp_path, CONFIG_DIR, tmp_path / "logs", schedule=2000)
+    gaps = check_rerun(path, 3, CONFIG_DIR, tmp_path / "work")
+    assert gaps == {"loss/total": 0.0, "error/rel_l2": 0.0}
+    record = json.loads(path.read_text())
+    step, value = record["curves"]["loss/total"][2]
+    record["curves"]["loss/total"][2] = [step, value * (1 + 1e-15)]
+    path.write_text(json.dumps(record))
+    assert check_rerun(path, 3, CONFIG_DIR, tmp_path / "work")["loss/total"] > 0
+    with pytest.raises(SystemExit):  # the command line says so and exits 1
+        main(["--check", str(path), "--iterations", "3", "--allow-dirty"])
 
 
 def test_bad_arguments():

@@ -8,8 +8,16 @@ iteration, plus the wall time and the final network's parameters, from which
 :func:`final_network` rebuilds it for the error heatmaps) and is skipped when that file exists,
 so the matrix can be completed over several sessions; ``--jobs 2`` runs two at a time (one thread each).
 
+Every file records where it comes from (``provenance``: the commit, whether the tree was clean,
+torch and lightning versions, device, threads, CPU; :mod:`~pinn_apts.paper.provenance`) and,
+for TR and APTS, whether the steps were compiled.  The runner refuses a checkout with uncommitted
+changes unless given ``--allow-dirty``; ``--rerun-other-commits`` reruns the files another commit
+made; ``--check FILE --iterations K`` reruns a file's first ``K`` iterations with its settings
+and compares the curves bit for bit.
+
     python -m pinn_apts.paper.experiments --out results --jobs 2
     python -m pinn_apts.paper.experiments --problems burgers --methods apts_d4 adam --seeds 0 --iterations 200
+    python -m pinn_apts.paper.experiments --check results/burgers_apts_d4_s0.json --iterations 20
 """
 
 from __future__ import annotations
@@ -27,7 +35,9 @@ from typing import Any
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["ITERATIONS", "METHODS", "PROBLEMS", "CurveLogger", "batch_run_args", "final_network", "run_one"]
+__all__ = [
+    "ITERATIONS", "METHODS", "PROBLEMS", "CurveLogger", "batch_run_args", "check_rerun", "final_network", "run_one",
+]
 
 PROBLEMS = ("heat", "burgers", "laplace")
 METHODS = ("apts_d2", "apts_d4", "apts_d8", "adam", "lbfgs", "lbfgs_wolfe", "tr")
@@ -83,35 +93,46 @@ def batch_run_args(config: Path | str, seed: int, iterations: int, root: Path | 
 
 
 def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, config_dir: Path,
-            log_root: Path = Path("lightning_logs/experiments"), schedule: int | None = None) -> Path:
-    """Train one cell of the matrix and write its results file (unless it exists).
+            log_root: Path = Path("lightning_logs/experiments"), schedule: int | None = None,
+            replace: bool = False, compile: str | None = None, name: str | None = None) -> Path:
+    """Train one cell of the matrix and write its results file (unless it exists, or ``replace``).
 
     TensorBoard logs go to ``log_root/<problem>_<method>_s<seed>`` (not meant for git).
-    ``schedule``: see :func:`batch_run_args`.
+    ``schedule``: see :func:`batch_run_args`.  ``compile`` (``"on"``, ``"off"``; TR and APTS only)
+    overrides the config's choice.  ``name`` replaces the file's name.
     """
     from torch.nn.utils import parameters_to_vector
 
     from ..core.apts import APTS
+    from ..core.optim import TrustRegion
     from ..training.cli import cli_main
+    from .provenance import provenance
 
-    target = out / f"{problem}_{method}_s{seed}.json"
-    if target.exists():
+    target = out / (name or f"{problem}_{method}_s{seed}.json")
+    if target.exists() and not replace:
         return target
     config = config_dir / f"{problem}_{method}.yaml"
     if not config.exists():
         raise ValueError(f"no config {config} for problem {problem!r} and method {method!r}")
     logger = CurveLogger()
-    cli = cli_main(batch_run_args(config, seed, iterations, log_root / target.stem, schedule), run=False)
+    args = batch_run_args(config, seed, iterations, log_root / target.stem, schedule)
+    if compile is not None:
+        args.append(f"--model.init_args.compile={compile}")
+    cli = cli_main(args, run=False)
     cli.trainer.loggers = [*cli.trainer.loggers, logger]  # TensorBoard as usual, and the curves
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     wall = time.perf_counter() - start
     model = cli.model
     final = {k: float(v) for k, v in model.solution_errors().items()}
+    optimizer = cli.trainer.optimizers[0]
     record: dict[str, Any] = {
         "problem": problem,
         "method": method,
         "seed": seed,
+        "provenance": provenance(model.device),
+        "compile": bool(optimizer.compile) if isinstance(optimizer, (APTS, TrustRegion)) else None,
+        "schedule": cli.datamodule.sampler.total_iterations,
         "iterations": cli.trainer.global_step,
         "wall_seconds": wall,
         "seconds_per_iteration": wall / max(cli.trainer.global_step, 1),
@@ -122,7 +143,6 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
         "layer_sizes": list(model.net.layer_sizes),
         "final_parameters": parameters_to_vector(model.net.parameters()).double().tolist(),
     }
-    optimizer = cli.trainer.optimizers[0]
     if isinstance(optimizer, APTS):
         record["stage1_acceptance_rate"] = optimizer.totals.acceptance_rate
         record["mean_stage2_tries"] = optimizer.totals.mean_stage2_tries
@@ -131,6 +151,26 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     partial.write_text(json.dumps(record))
     partial.replace(target)  # a file that exists is complete
     return target
+
+
+def check_rerun(path: Path, iterations: int, config_dir: Path, work: Path) -> dict[str, float]:
+    """Rerun the first ``iterations`` outer iterations of the results file ``path`` with its
+    settings (problem, method, seed, schedule, compile) in ``work``; return, per curve the file
+    holds, the largest absolute difference over those iterations (``0.0``: bit for bit)."""
+    record = json.loads(Path(path).read_text())
+    if iterations > record["iterations"]:
+        raise ValueError(f"--iterations {iterations} exceeds the {record['iterations']} iterations of {path}")
+    compile = None if record.get("compile") is None else ("on" if record["compile"] else "off")
+    schedule = record.get("schedule", record["iterations"])
+    rerun = run_one(record["problem"], record["method"], record["seed"], iterations, work, config_dir,
+                    work / "logs", schedule, replace=True, compile=compile, name="rerun.json")
+    again = json.loads(rerun.read_text())["curves"]
+    gaps = {}
+    for key in ("loss/total", "error/rel_l2"):
+        old = dict(record["curves"][key])
+        new = dict(again[key])
+        gaps[key] = max(abs(new[k] - old[k]) for k in new)
+    return gaps
 
 
 def final_network(record: dict[str, Any]):
@@ -160,23 +200,56 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, one thread each")
     parser.add_argument("--config-dir", type=Path, default=Path(__file__).parents[1] / "configs")
     parser.add_argument("--log-root", type=Path, default=Path("lightning_logs/experiments"))
+    parser.add_argument("--allow-dirty", action="store_true",
+                        help="run from a checkout with uncommitted changes (the files say dirty: true)")
+    parser.add_argument("--rerun-other-commits", action="store_true",
+                        help="rerun the results files another commit (or no recorded commit) made")
+    parser.add_argument("--check", type=Path, default=None, metavar="FILE",
+                        help="rerun FILE's first --iterations iterations and compare its curves bit for bit")
     parser.add_argument("--one", nargs=3, metavar=("PROBLEM", "METHOD", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--replace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.jobs < 1:
         parser.error("--iterations and --jobs must be at least 1")
     if args.schedule is not None and args.schedule < args.iterations:
         parser.error("--schedule must be at least --iterations")
 
+    import tempfile
+
     import torch
+
+    from .provenance import check_source, source_state
 
     torch.set_num_threads(1)
     if args.one:
         problem, method, seed = args.one
         print(run_one(problem, method, int(seed), args.iterations, args.out, args.config_dir, args.log_root,
-                      args.schedule), flush=True)
+                      args.schedule, replace=args.replace), flush=True)
         return
+    state = source_state()
+    try:
+        check_source(state, args.allow_dirty)
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from err
+    if args.check is not None:
+        with tempfile.TemporaryDirectory() as work:
+            gaps = check_rerun(args.check, args.iterations, args.config_dir, Path(work))
+        same = all(gap == 0.0 for gap in gaps.values())
+        print(f"{args.check}: first {args.iterations} iterations rerun: "
+              + ", ".join(f"max |difference| of {key} {gap:.3g}" for key, gap in gaps.items())
+              + (" (bit for bit)" if same else " (NOT bit for bit)"), flush=True)
+        if not same:
+            raise SystemExit(1)
+        return
+
+    def to_do(path: Path) -> bool:
+        if not path.exists():
+            return True
+        made_by = json.loads(path.read_text()).get("provenance", {}).get("commit")
+        return args.rerun_other_commits and made_by != state["commit"]
+
     cells = [(p, m, s) for s in args.seeds for p in args.problems for m in args.methods
-             if not (args.out / f"{p}_{m}_s{s}.json").exists()]
+             if to_do(args.out / f"{p}_{m}_s{s}.json")]
     print(f"{len(cells)} runs to do in {args.out}", flush=True)
     running: list[subprocess.Popen] = []
     started: list[subprocess.Popen] = []
@@ -187,6 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         command = [sys.executable, "-m", "pinn_apts.paper.experiments", "--out", str(args.out), "--iterations",
                    str(args.iterations), "--config-dir", str(args.config_dir), "--log-root", str(args.log_root),
                    *([] if args.schedule is None else ["--schedule", str(args.schedule)]),
+                   *(["--replace"] if args.rerun_other_commits else []),
                    "--one", problem, method, str(seed)]
         print("start", problem, method, seed, flush=True)
         started.append(subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}))

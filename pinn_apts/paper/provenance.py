@@ -1,0 +1,83 @@
+"""Where a results file comes from: the commit, whether the tree was clean, and the environment.
+
+On Burgers one rounding difference changes a run's final error several-fold, so a results file
+is only as good as the record of the code and the machine that made it.  :func:`provenance`
+gives that record; the experiment runner stores it in every file and refuses a tree with
+uncommitted changes unless told (``--allow-dirty``).
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["SourceState", "check_source", "provenance", "source_state"]
+
+#: the checkout the package is imported from (an editable install); elsewhere git finds nothing
+ROOT = Path(__file__).resolve().parents[2]
+
+SourceState = dict[str, Any]
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def source_state() -> SourceState:
+    """``{"commit": sha, "dirty": bool}`` of the package's git checkout; ``None`` for both when the
+    package is not imported from a checkout (or git is missing).  ``dirty``: a tracked file differs
+    from the commit (untracked files, such as new results files, do not count)."""
+    try:
+        commit = _git("rev-parse", "HEAD").strip()
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+    return {"commit": commit, "dirty": dirty}
+
+
+def check_source(state: SourceState, allow_dirty: bool) -> None:
+    """Refuse to make results from code no commit holds, unless ``allow_dirty``."""
+    if allow_dirty:
+        return
+    if state["commit"] is None:
+        raise ValueError(
+            f"cannot tell which commit the results would come from: {ROOT} is not a git checkout "
+            "(or git is missing); run from a checkout, or pass --allow-dirty to record no commit"
+        )
+    if state["dirty"]:
+        raise ValueError(
+            f"the checkout has uncommitted changes (git status in {ROOT}): the results would name commit "
+            f"{state['commit'][:12]} but come from other code; commit first, or pass --allow-dirty "
+            "(the files then say dirty: true)"
+        )
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def provenance(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The source state and the environment of a run on ``device``: versions, device, threads, CPU."""
+    import lightning
+
+    device = torch.device(device)
+    return {
+        **source_state(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "cpu": _cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
