@@ -212,3 +212,37 @@ def test_milestone_table_takes_the_geometric_mean_over_seeds():
     records = [{"seed": s, "curves": {"error/rel_l2": [(0, v), (5, v / 10)]}} for s, v in ((0, 1e-2), (1, 1e-4))]
     table = milestone_table({("heat", "adam"): records}, steps=(0, 5, 9))
     assert "| heat | Adam | 2 | 0.001 | 0.0001 | — |" in table
+
+
+def synthetic(method, seed, final, iterations=100):
+    """A results record whose error curve is ``2 * final`` for 90% of the run and ``final`` after."""
+    curve = [(k, 2 * final if k < 90 else final) for k in range(iterations)]
+    return {"problem": "burgers", "method": method, "seed": seed, "iterations": iterations,
+            "final_rel_l2": final, "curves": {"error/rel_l2": curve}}
+
+
+def test_late_mean_and_robust_statistics():
+    from pinn_apts.paper.report import late_mean, robust_tables
+
+    assert late_mean(synthetic("adam", 0, 0.1)) == pytest.approx(0.1)  # the last 10 of 100 iterations
+    assert late_mean(synthetic("adam", 0, 0.1), fraction=0.2) == pytest.approx(0.15)
+    assert late_mean({"iterations": 5, "curves": {}}) is None
+    finals = [0.1, 0.2, 0.3, 0.4, 10.0]  # one outlier: the mean moves, the median and IQR hardly
+    table = robust_tables({("burgers", "adam"): [synthetic("adam", s, v) for s, v in enumerate(finals)]})
+    assert "| Adam | 5 | 0.3 [0.2, 0.4] | 2.2 ± 4.4 | 0.3 [0.2, 0.4] | 2.2 ± 4.4 |" in table
+
+
+def test_rank_tests_separate_methods_only_beyond_the_spread():
+    from pinn_apts.paper.report import rank_tests
+
+    def groups(seeds, b_values):
+        return {("burgers", "apts_d4"): [synthetic("apts_d4", s, 0.01 * (1 + s)) for s in range(seeds)],
+                ("burgers", "lbfgs_wolfe"): [synthetic("lbfgs_wolfe", s, v) for s, v in zip(range(seeds), b_values)]}
+
+    # ten seeds each, every APTS error below every L-BFGS one: p = 2 / C(20, 10) ~ 1e-5
+    separated = rank_tests(groups(10, [1.0 + s for s in range(10)]))
+    assert "| burgers | APTS D=4 | L-BFGS (strong Wolfe, ours) | 10 / 10 | 1.1e-05 | 1.1e-05 | APTS D=4 lower |" in separated
+    # three seeds each cannot separate anything (smallest two-sided p = 0.1)
+    assert "| 3 / 3 | 0.1 | 0.1 | within the spread |" in rank_tests(groups(3, [1.0, 2.0, 3.0]))
+    # interleaved samples do not differ
+    assert "within the spread" in rank_tests(groups(10, [0.01 * (1.5 + s) for s in range(10)]))

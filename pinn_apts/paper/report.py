@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "PAPER_ACCEPTANCE", "acceptance_table", "curve", "curve_band", "load_results", "plot_curves", "plot_heatmaps",
-    "milestone_table", "render_document", "resampling_peaks", "resampling_table", "summary_tables", "update_document",
+    "PAPER_ACCEPTANCE", "acceptance_table", "curve", "curve_band", "late_mean", "load_results", "plot_curves",
+    "plot_heatmaps", "milestone_table", "rank_tests", "render_document", "resampling_peaks", "resampling_table",
+    "robust_tables", "summary_tables", "update_document",
 ]
 
 LABELS = {
@@ -104,6 +105,85 @@ def summary_tables(groups: dict[tuple[str, str], list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def late_mean(record: dict, key: str = "error/rel_l2", fraction: float = 0.1) -> float | None:
+    """The mean of a curve over the last ``fraction`` of the run's outer iterations (``None`` if not logged).
+
+    On Burgers the error along one run swings 2-3x within a few hundred iterations, so the final
+    value alone is a noisy summary of a run; this one averages the swings of its last stretch.
+    """
+    values = curve(record, key)
+    if not values:
+        return None
+    start = record["iterations"] * (1 - fraction)
+    late = [v for k, v in values.items() if k >= start]
+    return statistics.fmean(late) if late else None
+
+
+def _median_iqr(values: list[float | None], fmt: str = ".3g") -> str:
+    values = [v for v in values if v is not None and v == v]
+    if not values:
+        return "—"
+    if len(values) < 4:
+        return f"{statistics.median(values):{fmt}}"
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return f"{statistics.median(values):{fmt}} [{q1:{fmt}}, {q3:{fmt}}]"
+
+
+def robust_tables(groups: dict[tuple[str, str], list[dict]]) -> str:
+    """Per problem: the final relative L2 error and its mean over the last 10% of the run, as median
+    [interquartile range] over seeds (from 4 seeds on) beside mean ± std."""
+    lines = []
+    for problem in _problems(groups):
+        lines += [f"#### {problem}", "",
+                  "| method | seeds | final rel. L2: median [IQR] | mean ± std | last 10%: median [IQR] | mean ± std |",
+                  "|---|---|---|---|---|---|"]
+        for _, method, records in _rows(groups, problem):
+            final = [r["final_rel_l2"] for r in records]
+            late = [late_mean(r) for r in records]
+            lines.append(f"| {LABELS[method]} | {len(records)} | {_median_iqr(final)} | {_mean_std(final)} "
+                         f"| {_median_iqr(late)} | {_mean_std(late)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def rank_tests(groups: dict[tuple[str, str], list[dict]], alpha: float = 0.05) -> str:
+    """Which methods differ by more than the spread over seeds: per problem and pair of methods,
+    the two-sided Mann-Whitney U test (exact without ties up to 40 runs) on the final relative L2 error and
+    on its last-10% mean.  With 3 seeds per method the smallest possible p is 0.1: no pair can
+    differ at ``alpha = 0.05``, which is the point of the test."""
+    from scipy.stats import mannwhitneyu
+
+    lines = ["| PDE | method A | method B | seeds | final rel. L2: p | last 10%: p | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for problem in _problems(groups):
+        rows = list(_rows(groups, problem))
+        for i, (_, a, ra) in enumerate(rows):
+            for _, b, rb in rows[i + 1:]:
+                if len(ra) < 2 or len(rb) < 2:
+                    continue
+                tests = []
+                for summary in (lambda r: r["final_rel_l2"], late_mean):
+                    xa = [summary(r) for r in ra]
+                    xb = [summary(r) for r in rb]
+                    if any(v is None or v != v for v in xa + xb):
+                        tests.append((None, xa, xb))
+                        continue
+                    exact = len(set(xa + xb)) == len(xa + xb) and len(xa + xb) <= 40  # no ties, small samples
+                    p = mannwhitneyu(xa, xb, alternative="two-sided", method="exact" if exact else "asymptotic").pvalue
+                    tests.append((float(p), xa, xb))
+                p_final, xa, xb = tests[0]
+                p_late = tests[1][0]
+                if p_final is not None and p_final < alpha:
+                    lower = LABELS[a] if statistics.median(xa) < statistics.median(xb) else LABELS[b]
+                    verdict = f"{lower} lower"
+                else:
+                    verdict = "within the spread"
+                fmt = lambda p: "—" if p is None else f"{p:.2g}"  # noqa: E731
+                lines.append(f"| {problem} | {LABELS[a]} | {LABELS[b]} | {len(ra)} / {len(rb)} | {fmt(p_final)} "
+                             f"| {fmt(p_late)} | {verdict} |")
+    return "\n".join(lines) + "\n"
+
+
 def acceptance_table(groups: dict[tuple[str, str], list[dict]]) -> str:
     """Stage I acceptance and Stage II tries (mean ± std over seeds) beside the paper's, by D and PDE."""
     lines = [
@@ -181,6 +261,10 @@ def render_document(text: str, groups: dict[tuple[str, str], list[dict]], period
     runs = sum(len(v) for v in groups.values())
     body = (f"\n\n_Generated from {runs} results files in `results/`._\n\n"
             f"### Final errors, loss, acceptance, timing (mean ± std over seeds)\n\n{summary_tables(groups)}\n"
+            f"### Final error and the last 10% of the run: median and interquartile range\n\n{robust_tables(groups)}\n"
+            "### Which differences exceed the spread over seeds (two-sided Mann-Whitney U, final error; "
+            "verdict at p < 0.05)\n\n"
+            f"{rank_tests(groups)}\n"
             f"### Stage I acceptance and Stage II tries beside the paper's\n\n{acceptance_table(groups)}\n"
             f"### Relative L2 error and loss along the run (geometric mean over seeds)\n\n"
             f"{milestone_table(groups)}\n{milestone_table(groups, 'loss/total')}\n"
@@ -304,6 +388,8 @@ def main(argv: list[str] | None = None) -> None:
     if not groups:
         raise SystemExit(f"no results files in {args.results}")
     print(summary_tables(groups))
+    print(robust_tables(groups))
+    print(rank_tests(groups))
     print(acceptance_table(groups))
     print(milestone_table(groups))
     print(milestone_table(groups, "loss/total"))
