@@ -1,6 +1,7 @@
 """Helper of tests/test_distributed.py (run as a script): APTS under Lightning with W processes.
 
     python tests/ddp_run.py --devices 2 --subdomains 4 --replicas sequential --steps 10 --out theta.pt
+    python tests/ddp_run.py --devices 2 --compile on --steps 6 --out theta.pt   # compiled steps across processes
 
 Rank 0 saves the final parameters, radius and counters to ``--out``.
 """
@@ -19,10 +20,12 @@ if __name__ == "__main__":
     parser.add_argument("--replicas", default="sequential")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--problem", default="burgers")
+    parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    model = APTSPINN(problem=args.problem, num_subdomains=args.subdomains, replicas=args.replicas, seed=3)
+    model = APTSPINN(problem=args.problem, num_subdomains=args.subdomains, replicas=args.replicas, seed=3,
+                     compile=args.compile)
     data = PINNDataModule(args.problem, seed=3, early_sizes=(400, 100, 40), late_sizes=(400, 50, 50))
     trainer = L.Trainer(
         max_steps=args.steps, precision="64-true", logger=False, enable_checkpointing=False,
