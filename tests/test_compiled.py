@@ -55,6 +55,24 @@ def test_compiled_loss_gradient_and_products_are_the_eager_ones(iteration, part)
     assert torch.allclose(compiled.hvp(theta, v), product, rtol=0, atol=1e-11 * float(product.norm()))
 
 
+@pytest.mark.parametrize("iteration", [1, 8])
+def test_compiled_stacked_losses_gradients_and_products_are_the_eager_ones(iteration):
+    net, objective = objective_at(iteration, num_subdomains=3)
+    theta = parameters_to_vector(net.parameters()).detach()
+    rows = theta + 0.01 * torch.randn(3, theta.numel(), generator=torch.Generator().manual_seed(2))  # three replicas
+    v = torch.randn(rows.shape, generator=torch.Generator().manual_seed(3))
+    leaf = rows.clone().requires_grad_(True)
+    losses = objective.stacked_local(leaf)
+    (grad,) = torch.autograd.grad(losses.sum(), leaf, create_graph=True)
+    (product,) = torch.autograd.grad(grad, leaf, grad_outputs=v)
+    compiled = objective.compiled_stacked()
+    values, compiled_grad = compiled.loss_and_grad(rows)
+    assert torch.allclose(values, losses.detach(), rtol=1e-13, atol=0)
+    assert torch.allclose(compiled.loss(rows), losses.detach(), rtol=1e-13, atol=0)
+    assert torch.allclose(compiled_grad, grad.detach(), rtol=0, atol=1e-12 * float(grad.norm()))
+    assert torch.allclose(compiled.hvp(rows, v), product, rtol=0, atol=1e-11 * float(product.norm()))
+
+
 def test_compiled_share_sums_to_the_full_loss():
     shares = [objective_at(communicator=FakeRank(rank, 3))[1].compiled() for rank in range(3)]
     net, objective = objective_at(num_subdomains=3)
@@ -63,14 +81,14 @@ def test_compiled_share_sums_to_the_full_loss():
     assert total == pytest.approx(float(objective.full().detach()), rel=1e-13)
 
 
-def run(optimizer, compile, iterations=10, device="cpu"):
+def run(optimizer, compile, iterations=10, device="cpu", replicas="sequential"):
     """The parameters after each of ``iterations`` outer iterations, and the optimizer's totals."""
     torch.set_default_dtype(torch.float64)
     problem = get_problem("heat")
     sampler = CollocationSampler(problem, total_iterations=iterations, curriculum=SMALL, seed=0)
     net = MLP(seed=0).to(device)
     if optimizer == "apts":
-        opt = APTS(net.parameters(), num_subdomains=3, replicas="sequential", compile=compile)
+        opt = APTS(net.parameters(), num_subdomains=3, replicas=replicas, compile=compile)
     else:
         opt = TrustRegion(net.parameters(), compile=compile)
     iterates = []
@@ -92,10 +110,11 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-@pytest.mark.parametrize("optimizer, agree_for", [("apts", 6), ("tr", 10)])
-def test_compiled_and_eager_iterates_agree_over_ten_outer_iterations(optimizer, agree_for, device):
-    eager, eager_totals = run(optimizer, compile=False, device=device)
-    compiled, compiled_totals = run(optimizer, compile=True, device=device)
+@pytest.mark.parametrize("optimizer, agree_for, replicas", [("apts", 6, "sequential"), ("apts", 6, "batched"),
+                                                            ("tr", 10, None)])
+def test_compiled_and_eager_iterates_agree_over_ten_outer_iterations(optimizer, agree_for, replicas, device):
+    eager, eager_totals = run(optimizer, compile=False, device=device, replicas=replicas)
+    compiled, compiled_totals = run(optimizer, compile=True, device=device, replicas=replicas)
     assert compiled_totals == eager_totals  # the same acceptances, tries and CG iterations
     assert float((compiled[agree_for - 1] - eager[agree_for - 1]).abs().max()) <= 1e-10
     assert not torch.equal(compiled[-1], eager[-1])  # really another computation

@@ -243,9 +243,9 @@ class APTS(RecordingOptimizer):
         Trust-region constants for the global and local steps (:class:`TrustRegionConfig`, where
         each default is defined: the paper's).
     compile:
-        Run the sequential local solves and Stage II on the objective's compiled loss, gradient and
-        Hessian-vector products (``objective.compiled(d)``, see :mod:`pinn_apts.pde.compiled`) where
-        it offers them; batched replicas stay eager.  An execution choice, not a setting of the
+        Run Stage I's local solves and Stage II on the objective's compiled loss, gradient and
+        Hessian-vector products (``objective.compiled(d)``, for batched replicas
+        ``objective.compiled_stacked()``; see :mod:`pinn_apts.pde.compiled`) where it offers them.  An execution choice, not a setting of the
         method: it is not stored in checkpoints.  Default ``False``.
     communicator:
         Across processes (:class:`~pinn_apts.core.distributed.TorchDistributed`): this rank solves
@@ -362,7 +362,9 @@ class APTS(RecordingOptimizer):
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
         if mode == "batched":
-            solved = batched_local_solves(params, local, radius, tr, replicas, config.local_steps)
+            offers_stacked = compiled is not None and callable(getattr(objective, "compiled_stacked", None))
+            stacked = objective.compiled_stacked() if offers_stacked else None
+            solved = batched_local_solves(params, local, radius, tr, replicas, config.local_steps, derivatives=stacked)
         else:
             solved = local_solves(params, local, replicas, radius, tr, config.local_steps, config.local_retry,
                                   derivatives=compiled)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -32,9 +33,22 @@ from .trust_region import (
 
 __all__ = [
     "LocalSolveResult",
+    "StackedDerivatives",
     "batched_local_solves",
     "local_solves",
 ]
+
+class StackedDerivatives(Protocol):
+    """The local losses ``(R,)`` of ``R`` stacked replicas, their gradients and Hessian-vector products
+    ``(R, P)``, as functions of the stacked flat parameters ``(R, P)`` (e.g. compiled ones,
+    :meth:`pinn_apts.PINNObjective.compiled_stacked`): what batched Stage I can use instead of a graph."""
+
+    def loss(self, flat: Tensor) -> Tensor: ...
+
+    def loss_and_grad(self, flat: Tensor) -> tuple[Tensor, Tensor]: ...
+
+    def hvp(self, flat: Tensor, v: Tensor) -> Tensor: ...
+
 
 @dataclass
 class LocalSolveResult:
@@ -108,12 +122,14 @@ def batched_local_solves(
     replicas: Sequence[int],
     local_steps: int,
     local_retry: bool = False,
+    derivatives: StackedDerivatives | None = None,
 ) -> LocalSolveResult:
     """Stage I's local solves for all ``D`` replicas at once (same contract as ``local_solves``).
 
     ``stacked_local(flat)`` takes the parameters of ``replicas`` stacked as one ``(len(replicas), P)``
     tensor (each row in the order of ``params``) and returns their local losses, ``(len(replicas),)``.
-    ``params`` (``theta_k``) are not modified.
+    ``derivatives``, if given, supplies the losses, gradients and products instead of the graph of
+    ``stacked_local`` (compiled).  ``params`` (``theta_k``) are not modified.
     """
     num = len(replicas)
     theta = torch.cat([p.detach().reshape(-1) for p in params])
@@ -130,28 +146,37 @@ def batched_local_solves(
     if local_retry:
         raise ValueError("batched replicas take local_retry=False only (a rejected local step is one of the J)")
     for j in range(local_steps):
-        loss, stacked = losses_at(current, graph=True)
-        loss_values = loss.detach()
+        if derivatives is not None:
+            loss_values, flat_grad = derivatives.loss_and_grad(current)
+        else:
+            loss, stacked = losses_at(current, graph=True)
+            loss_values = loss.detach()
         bad = ~torch.isfinite(loss_values)
         if bad.any():
             d = int(bad.nonzero()[0])
             raise FloatingPointError(f"Stage I, replica {replicas[d]}, local step {j + 1}: non-finite loss "
                                      f"{float(loss_values[d])} at the current point of the trust-region step")
-        with torch.enable_grad():
-            (flat_grad_graph,) = torch.autograd.grad(loss.sum(), stacked, create_graph=True)
-        flat_grad = flat_grad_graph.detach()
+        if derivatives is None:
+            with torch.enable_grad():
+                (flat_grad_graph,) = torch.autograd.grad(loss.sum(), stacked, create_graph=True)
+            flat_grad = flat_grad_graph.detach()
         bad = ~torch.isfinite(flat_grad).all(dim=1)
         if bad.any():
             d = int(bad.nonzero()[0])
             raise FloatingPointError(f"Stage I, replica {replicas[d]}, local step {j + 1}: non-finite gradient "
                                      "at the current point of the trust-region step")
 
-        def hvp(v: Tensor) -> Tensor:
+        def hvp(v: Tensor, at: Tensor = current) -> Tensor:
+            if derivatives is not None:
+                return derivatives.hvp(at, v)
             return torch.autograd.grad(flat_grad_graph, stacked, grad_outputs=v, retain_graph=True)[0]
 
         cg = stacked_steihaug_cg(flat_grad, hvp, radii, max_iter=config.cg_max_iter,
                                  damping=config.damping, rtol=config.cg_rtol)
-        trial_values, _ = losses_at(current + cg.step, graph=False)
+        if derivatives is not None:
+            trial_values = derivatives.loss(current + cg.step)
+        else:
+            trial_values, _ = losses_at(current + cg.step, graph=False)
         pred = cg.predicted_reduction
         # as trust_region_step does for one subproblem: a non-finite product rejects the step
         rho = torch.where(cg.non_finite, -math.inf, reduction_ratio(loss_values - trial_values.detach(), pred))

@@ -36,7 +36,7 @@ from .jet import MLPJet
 from .loss import residual_of
 from .problems import PDEProblem
 
-__all__ = ["CompiledDerivatives", "CompiledPINNLoss", "LossData", "compiled_pinn_loss"]
+__all__ = ["CompiledDerivatives", "CompiledPINNLoss", "CompiledStackedDerivatives", "LossData", "compiled_pinn_loss"]
 
 
 class LossData(NamedTuple):
@@ -74,6 +74,27 @@ class CompiledDerivatives:
         return self.functions.call("hvp", flat, v, *self.data)
 
 
+class CompiledStackedDerivatives:
+    """The compiled local losses of ``R`` stacked replicas, ``(R,)``, their gradients and
+    Hessian-vector products, ``(R, P)``, as functions of the stacked flat parameters ``(R, P)``:
+    a :class:`~pinn_apts.core.replicas.StackedDerivatives` for batched Stage I.  ``data`` is a
+    :class:`LossData` whose ``interior`` is ``(R, size, 2)`` and ``interior_weight`` ``(R, size)``
+    (the padded parts of :func:`~pinn_apts.pde.loss.padded_parts`)."""
+
+    def __init__(self, functions: CompiledPINNLoss, data: LossData) -> None:
+        self.functions, self.data = functions, data
+
+    def loss(self, flat: Tensor) -> Tensor:
+        return self.functions.call("stacked_loss", flat, *self.data)
+
+    def loss_and_grad(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        grad, (_, losses) = self.functions.call("stacked_loss_and_grad", flat, *self.data)
+        return losses, grad
+
+    def hvp(self, flat: Tensor, v: Tensor) -> Tensor:
+        return self.functions.call("stacked_hvp", flat, v, *self.data)
+
+
 class CompiledPINNLoss:
     """The compiled loss, gradient and Hessian-vector product of a tanh MLP's PINN loss on ``problem``.
 
@@ -91,6 +112,9 @@ class CompiledPINNLoss:
             "loss": self._loss,
             "loss_and_grad": torch.func.grad_and_value(self._loss),
             "hvp": self._hvp,
+            "stacked_loss": self._stacked_loss,
+            "stacked_loss_and_grad": torch.func.grad_and_value(self._stacked_sum, has_aux=True),
+            "stacked_hvp": self._stacked_hvp,
         }
         self.eager: dict[str, Callable] = eager
         self.compiled: dict[str, Callable] = {
@@ -107,6 +131,33 @@ class CompiledPINNLoss:
         return (d.interior_weight * residual.square().sum()
                 + d.initial_weight * (out[:n_ic] - d.initial_values).square().sum()
                 + d.boundary_weight * (out[n_ic:] - d.boundary_values).square().sum())
+
+    def _stacked_loss(self, flat: Tensor, *data: Tensor) -> Tensor:
+        """The ``R`` replicas' local losses, ``(R,)``, at their parameters ``flat`` ``(R, P)``."""
+        d = LossData(*data)
+        count = flat.shape[0]
+        chunks = [c.reshape(count, *shape)
+                  for c, shape in zip(flat.split([_numel(s) for s in self.shapes], dim=1), self.shapes)]
+        weights, biases = chunks[0::2], chunks[1::2]
+        residual = residual_of(self.problem, MLPJet(weights, biases, d.interior)).squeeze(-1)
+        out = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u.squeeze(-1)
+        n_ic = d.initial.shape[0]
+        return ((d.interior_weight * residual.square()).sum(dim=1)
+                + d.initial_weight * (out[:, :n_ic] - d.initial_values.squeeze(-1)).square().sum(dim=1)
+                + d.boundary_weight * (out[:, n_ic:] - d.boundary_values.squeeze(-1)).square().sum(dim=1))
+
+    def _stacked_sum(self, flat: Tensor, *data: Tensor) -> tuple[Tensor, Tensor]:
+        """``F = sum_d L^d`` (its Hessian is block diagonal: one block per replica) and the losses."""
+        losses = self._stacked_loss(flat, *data)
+        return losses.sum(), losses
+
+    def _stacked_hvp(self, flat: Tensor, v: Tensor, *data: Tensor) -> Tensor:
+        _, product = torch.func.vjp(lambda x: torch.func.grad(self._stacked_sum, has_aux=True)(x, *data)[0], flat)
+        return product(v)[0]
+
+    def stacked(self, data: LossData) -> CompiledStackedDerivatives | None:
+        """The stacked functions on ``data``, or ``None`` once compilation has failed."""
+        return None if self.failed is not None else CompiledStackedDerivatives(self, data)
 
     def _hvp(self, flat: Tensor, v: Tensor, *data: Tensor) -> Tensor:
         _, product = torch.func.vjp(lambda x: torch.func.grad(self._loss)(x, *data), flat)

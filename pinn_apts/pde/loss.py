@@ -13,7 +13,9 @@ from .jet import AutogradJet, Jet, MLPJet
 from .problems import PDEProblem
 from .sampling import CollocationBatch
 
-__all__ = ["LossTerms", "check_loss_finite", "pinn_loss", "pinn_loss_share", "residual_of", "stacked_pinn_loss"]
+__all__ = [
+    "LossTerms", "check_loss_finite", "padded_parts", "pinn_loss", "pinn_loss_share", "residual_of", "stacked_pinn_loss",
+]
 
 
 class LossTerms(NamedTuple):
@@ -103,6 +105,18 @@ def check_loss_finite(terms: LossTerms, iteration: int) -> None:
             )
 
 
+def padded_parts(parts: list[Tensor], like: Tensor) -> tuple[Tensor, Tensor]:
+    """The index sets ``parts`` as one ``(D, size)`` index padded with each part's first point, and
+    the ``(D, size)`` weights ``1 / len(part)`` on a part's own points and 0 on the padding (dtype
+    and device of ``like``)."""
+    size = max(len(p) for p in parts)
+    index = torch.stack([torch.cat([p, p[:1].expand(size - len(p))]) for p in parts])
+    weight = torch.stack([
+        torch.cat([torch.full((len(p),), 1.0 / len(p)), torch.zeros(size - len(p))]) for p in parts
+    ]).to(like)
+    return index, weight
+
+
 def stacked_pinn_loss(
     weights: list[Tensor],
     biases: list[Tensor],
@@ -116,11 +130,7 @@ def stacked_pinn_loss(
     interior points ``batch.interior[parts[d]]`` and the shared initial and boundary sets.
     Parts that differ in size by one are padded and masked.  Returns a ``(D,)`` tensor.
     """
-    size = max(len(p) for p in parts)
-    index = torch.stack([torch.cat([p, p[:1].expand(size - len(p))]) for p in parts])
-    weight = torch.stack([
-        torch.cat([torch.full((len(p),), 1.0 / len(p)), torch.zeros(size - len(p))]) for p in parts
-    ]).to(batch.interior)
+    index, weight = padded_parts(parts, batch.interior)
     jet = MLPJet(weights, biases, batch.interior[index])
     loss_interior = (weight * residual_of(problem, jet).squeeze(-1).square()).sum(dim=1)
     n_ic = len(batch.initial)

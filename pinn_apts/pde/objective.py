@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from ..core.distributed import Communicator, replicas_of_rank
-from .compiled import CompiledDerivatives, LossData, compiled_pinn_loss
-from .loss import LossTerms, check_loss_finite, pinn_loss, pinn_loss_share, stacked_pinn_loss
+from .compiled import CompiledDerivatives, CompiledStackedDerivatives, LossData, compiled_pinn_loss
+from .loss import LossTerms, check_loss_finite, padded_parts, pinn_loss, pinn_loss_share, stacked_pinn_loss
 from .model import MLP
 from .problems import PDEProblem
 from .sampling import CollocationBatch
@@ -177,6 +177,21 @@ class PINNObjective:
         data = LossData(interior, interior_weight, initial, initial_values, weight(len(batch.initial)),
                         boundary, boundary_values, weight(len(batch.boundary)))
         return functions.derivatives(data)
+
+    def compiled_stacked(self) -> CompiledStackedDerivatives | None:
+        """:meth:`stacked_local` compiled, with its gradients and Hessian-vector products, as functions
+        of the stacked flat parameters ``(R, P)`` (batched Stage I); ``None`` where not available."""
+        if not self.can_stack or not all(p.requires_grad for p in self.net.parameters()):
+            return None
+        batch = self.batch
+        index, weight = padded_parts([self.parts[d] for d in self.replicas], batch.interior)
+
+        def scalar(value: float) -> Tensor:
+            return torch.tensor(value, dtype=batch.interior.dtype, device=batch.interior.device)
+
+        data = LossData(batch.interior[index], weight, batch.initial, batch.initial_values, scalar(1.0 / len(batch.initial)),
+                        batch.boundary, batch.boundary_values, scalar(1.0 / len(batch.boundary)))
+        return compiled_pinn_loss(self.problem, self.net.layer_sizes).stacked(data)
 
     @cached_property
     def _layout(self) -> tuple[list[str], list[torch.Size]]:

@@ -53,7 +53,7 @@ class APTSPINN(PINNModule):
     compile:
         ``"on"``: take the trust-region steps on the compiled loss, gradient and Hessian-vector
         products (:mod:`pinn_apts.pde.compiled`; 1.6x faster per APTS iteration on the CPU, after
-        a compilation of 10-80 s), sequential replicas and Stage II; ``"off"``: eager; ``"auto"``
+        a compilation of 10-80 s), Stage I (sequential or batched) and Stage II; ``"off"``: eager; ``"auto"``
         (default): ``"on"`` when the run has at least :attr:`compile_min_iterations` outer
         iterations left (where compiling paid on the development CPU, compilation included).
         The iterates agree with eager ones to rounding.
