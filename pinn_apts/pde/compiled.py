@@ -25,6 +25,7 @@ per (problem, layer sizes) for the life of the process (:func:`compiled_pinn_los
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -123,7 +124,7 @@ class CompiledPINNLoss:
 
     def _loss(self, flat: Tensor, *data: Tensor) -> Tensor:
         d = LossData(*data)
-        chunks = [c.view(shape) for c, shape in zip(flat.split([_numel(s) for s in self.shapes]), self.shapes)]
+        chunks = [c.view(shape) for c, shape in zip(flat.split([math.prod(s) for s in self.shapes]), self.shapes)]
         weights, biases = chunks[0::2], chunks[1::2]
         residual = residual_of(self.problem, MLPJet(weights, biases, d.interior))
         out = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u
@@ -137,7 +138,7 @@ class CompiledPINNLoss:
         d = LossData(*data)
         count = flat.shape[0]
         chunks = [c.reshape(count, *shape)
-                  for c, shape in zip(flat.split([_numel(s) for s in self.shapes], dim=1), self.shapes)]
+                  for c, shape in zip(flat.split([math.prod(s) for s in self.shapes], dim=1), self.shapes)]
         weights, biases = chunks[0::2], chunks[1::2]
         residual = residual_of(self.problem, MLPJet(weights, biases, d.interior)).squeeze(-1)
         out = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u.squeeze(-1)
@@ -180,13 +181,6 @@ class CompiledPINNLoss:
     def derivatives(self, data: LossData) -> CompiledDerivatives | None:
         """The functions on ``data``, or ``None`` once compilation has failed (use the eager graph path)."""
         return None if self.failed is not None else CompiledDerivatives(self, data)
-
-
-def _numel(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 _CACHE: dict[tuple, CompiledPINNLoss] = {}
