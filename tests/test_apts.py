@@ -248,3 +248,31 @@ def test_stage1_radius_rule_is_followed(rule):
     info = opt.last_step
     assert not info.stage1_accepted
     assert info.stage1_radius == (0.5 if rule == "decrease" else 1.0)
+
+
+def test_replica_coherence_measures_how_the_corrections_agree():
+    from pinn_apts.core.apts import replica_coherence
+
+    e = torch.eye(4, dtype=torch.float64)
+    assert replica_coherence(e[0] * 4, [1.0] * 4) == pytest.approx(1.0)  # four equal corrections
+    assert replica_coherence(e.sum(dim=0), [1.0] * 4) == pytest.approx(0.25)  # orthogonal: 1/D
+    assert replica_coherence(e[0] - e[0], [1.0, 1.0]) == 0.0  # opposite: they cancel
+    assert math.isnan(replica_coherence(torch.zeros(3), [0.0, 0.0]))  # no replica moved
+
+
+def test_apts_logs_the_coherence_of_its_replicas():
+    net, objective = pinn_objective(num_parts=4)
+    twin = MLP(seed=0)
+    twin.load_state_dict(net.state_dict())
+    same = Objective(full=lambda: pinn_loss(twin, get_problem("burgers"), objective.batch).total,
+                     local=lambda d: pinn_loss(twin, get_problem("burgers"), objective.batch).total)
+    identical = APTS(twin.parameters(), num_subdomains=4, replicas="sequential")
+    identical.step(same)  # four replicas on one objective: the same correction four times
+    assert identical.last_step.replica_coherence == pytest.approx(1.0, rel=1e-12)
+    opt = APTS(net.parameters(), num_subdomains=4, replicas="sequential")
+    opt.step(objective)
+    coherence = opt.last_step.metrics()["apts/replica_coherence"]
+    assert 0.0 < coherence < 1.0  # four parts of the interior: close, not equal, corrections (0.999 here)
+    state = opt.last_step.to_state()
+    del state["replica_coherence"]  # a record from before the field: loads, with NaN
+    assert math.isnan(type(opt.last_step).from_state(state).replica_coherence)

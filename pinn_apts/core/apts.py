@@ -138,6 +138,9 @@ class APTSStepInfo:
     new_loss: float  #: L(theta_{k+1})
     stage1_seconds: float
     stage2_seconds: float
+    #: ``|sum_d s_k^d|^2 / (D sum_d |s_k^d|^2)``: 1 when the replicas' corrections agree, 1/D when
+    #: they are orthogonal with equal norms, near 0 when they cancel (NaN: no replica moved)
+    replica_coherence: float = math.nan
 
     def to_state(self) -> dict:
         return {**asdict(self), "local_reasons": {r.value: n for r, n in self.local_reasons.items()},
@@ -158,6 +161,7 @@ class APTSStepInfo:
             "apts/stage1_rho": self.stage1_rho if math.isfinite(self.stage1_rho) else -1.0,
             "apts/correction_norm": self.correction_norm,
             "apts/max_replica_norm": self.max_replica_norm,
+            "apts/replica_coherence": self.replica_coherence,
             "apts/local_acceptance": self.local_accepted / local,
             "apts/local_cg_iterations": self.local_cg_iterations,
             "apts/stage1_non_finite": float(not math.isfinite(self.stage1_loss)),
@@ -410,6 +414,7 @@ class APTS(RecordingOptimizer):
             new_loss=global_step.new_loss,
             stage1_seconds=t1 - t0,
             stage2_seconds=t2 - t1,
+            replica_coherence=replica_coherence(summed.correction_sum, summed.correction_norms.values()),
         )
         self._record(info, radius, iterations=1, stage1_accepted=int(accepted), stage2_tries=global_step.tries,
                      stage2_floor_hits=int(not global_step.accepted))
@@ -453,6 +458,20 @@ def stage1_radius_update(
 
 
 _REASONS = list(StopReason)
+
+
+def replica_coherence(correction_sum: Tensor, norms: Iterable[float]) -> float:
+    """``|sum_d s^d|^2 / (D sum_d |s^d|^2)`` from the summed corrections and the replicas' norms.
+
+    How much the replicas' corrections pull the same way, whatever their lengths: 1 when they are
+    parallel and equal, 1/D when orthogonal with equal norms, 0 when they cancel.  Computed from
+    what Stage I's one all-reduce already sums, so it costs no communication.
+    """
+    norms = list(norms)
+    squares = sum(n * n for n in norms)
+    if not squares > 0:
+        return math.nan
+    return float(correction_sum.norm()) ** 2 / (len(norms) * squares)
 
 
 def _pack(solved: LocalSolveResult, num_replicas: int) -> Tensor:

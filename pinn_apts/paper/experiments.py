@@ -46,7 +46,7 @@ ITERATIONS = 2000
 #: the per-iteration scalars kept in a results file
 CURVES = (
     "loss/total", "error/rel_l2", "error/rmse", "time/iteration", "apts/radius", "apts/stage1_accepted",
-    "apts/stage2_tries", "tr/radius", "tr/tries",
+    "apts/stage2_tries", "apts/replica_coherence", "tr/radius", "tr/tries",
 )
 
 
