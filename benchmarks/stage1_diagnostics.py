@@ -26,7 +26,7 @@ for k in range(n):
     opt.step(PINNObjective(net, problem, sampler.batch(k), 4))
     i = opt.last_step
     rows.append((i.replica_coherence, i.stage1_accepted, i.max_replica_norm / radius))
-for lo, hi in ((0, 20), (20, n // 2), (n // 2, n)):
+for lo, hi in ((0, min(20, n)), (min(20, n), max(20, n // 2)), (max(20, n // 2), n)):
     part = rows[lo:hi]
     if not part:
         continue
