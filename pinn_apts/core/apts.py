@@ -48,7 +48,7 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .distributed import Communicator, replicas_of_rank
-from .optim import RecordingOptimizer, StepInfo, check_compile, trust_region_step
+from .optim import RecordingOptimizer, StepInfo, check_compile, offered, trust_region_step
 from .replicas import LocalSolveResult, batched_local_solves, local_solves
 from .trust_region import DEFAULT_RADIUS, StopReason, TrustRegionConfig, reduction_ratio, update_radius
 
@@ -249,8 +249,9 @@ class APTS(RecordingOptimizer):
     compile:
         Run Stage I's local solves and Stage II on the objective's compiled loss, gradient and
         Hessian-vector products (``objective.compiled(d)``, for batched replicas
-        ``objective.compiled_stacked()``; see :mod:`pinn_apts.pde.compiled`) where it offers them.  An execution choice, not a setting of the
-        method: it is not stored in checkpoints.  Default ``False``.
+        ``objective.compiled_stacked()``; see :mod:`pinn_apts.pde.compiled`) where it offers them.
+        An execution choice, not a setting of the method: it is not stored in checkpoints.
+        Default ``False``.
     communicator:
         Across processes (:class:`~pinn_apts.core.distributed.TorchDistributed`): this rank solves
         only its own ``D/W`` replicas (:attr:`replicas`; ``objective.local(d)`` is asked for those
@@ -356,9 +357,8 @@ class APTS(RecordingOptimizer):
 
         # ---- Stage I: additive preconditioning ----------------------------------------
         t0 = time.perf_counter()
-        offers = self.compile and callable(getattr(objective, "compiled", None))
-        global_derivatives = objective.compiled() if offers else None
-        compiled = objective.compiled if global_derivatives is not None else None
+        global_derivatives = offered(objective, "compiled", self.compile)
+        compiled = objective.compiled if global_derivatives is not None else None  # then per replica too
         graph = torch.enable_grad() if compiled is None else torch.no_grad()  # compiled: no graph needed
         with graph:
             loss = closure()
@@ -366,8 +366,7 @@ class APTS(RecordingOptimizer):
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
         if mode == "batched":
-            offers_stacked = compiled is not None and callable(getattr(objective, "compiled_stacked", None))
-            stacked = objective.compiled_stacked() if offers_stacked else None
+            stacked = offered(objective, "compiled_stacked", compiled is not None)
             solved = batched_local_solves(params, local, radius, tr, replicas, config.local_steps, derivatives=stacked)
         else:
             solved = local_solves(params, local, replicas, radius, tr, config.local_steps, config.local_retry,

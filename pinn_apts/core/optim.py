@@ -148,8 +148,8 @@ def trust_region_step(
     cap = config.max_radius if max_radius is None else max_radius
     start = parameters_to_vector(params).detach().clone()
     if derivatives is not None:
-        loss, (value, grad) = None, derivatives.loss_and_grad(start)
-        loss_value = float(total(value.detach()))
+        value, grad = derivatives.loss_and_grad(start)
+        loss, loss_value = None, _finite_loss(float(total(value.detach())))
         flat_grad = total(grad.detach())
         local_hvp = lambda v: derivatives.hvp(start, v)  # noqa: E731
 
@@ -159,10 +159,10 @@ def trust_region_step(
         with torch.enable_grad():
             if loss is None:
                 loss = loss_fn()
-            loss_value = float(total(loss.detach()))
-            grads = torch.autograd.grad(loss, params, create_graph=True) if math.isfinite(loss_value) else None
-        flat_grad = None if grads is None else total(torch.cat([g.detach().reshape(-1) for g in grads]))
-        local_hvp = None if grads is None else flat_hvp(grads, params)
+            loss_value = _finite_loss(float(total(loss.detach())))
+            grads = torch.autograd.grad(loss, params, create_graph=True)
+        flat_grad = total(torch.cat([g.detach().reshape(-1) for g in grads]))
+        local_hvp = flat_hvp(grads, params)
 
         def trial_loss_at(point: Tensor) -> tuple[float, Tensor | None]:
             with torch.no_grad():
@@ -170,8 +170,6 @@ def trust_region_step(
             with torch.enable_grad():
                 trial = loss_fn()
             return float(total(trial.detach())), trial
-    if not math.isfinite(loss_value):
-        raise FloatingPointError(f"non-finite loss {loss_value} at the current point of the trust-region step")
     if not torch.isfinite(flat_grad).all():
         raise FloatingPointError("non-finite gradient at the current point of the trust-region step")
     hvp = local_hvp if reduce is None else (lambda v: reduce(local_hvp(v)))
@@ -188,15 +186,16 @@ def trust_region_step(
         rho = reduction_ratio(loss_value - trial_loss, result.predicted_reduction)
         accepted, new_radius = update_radius(radius, rho, result.hits_boundary, config)
         if accepted:
-            if derivatives is not None:
+            if derivatives is not None:  # the trial point was never set on the parameters
                 with torch.no_grad():
                     vector_to_parameters(start + result.step, params)
             info = StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason,
                             capped_radius(new_radius, True, cap, config), rho, float(result.step.norm()),
                             result.predicted_reduction, non_finite)
             return info, trial
-        with torch.no_grad():
-            vector_to_parameters(start, params)
+        if derivatives is None:  # back from the trial point
+            with torch.no_grad():
+                vector_to_parameters(start, params)
         at_floor, radius = radius <= config.min_radius, new_radius
         if at_floor or not retry:
             info = StepInfo(loss_value, loss_value, False, tries, cg_iterations, result.reason,
@@ -210,6 +209,19 @@ def trust_region_step(
             while radius > step_norm and radius > config.min_radius:
                 radius = max(radius * config.shrink, config.min_radius)
                 tries += 1
+
+
+def _finite_loss(value: float) -> float:
+    if not math.isfinite(value):
+        raise FloatingPointError(f"non-finite loss {value} at the current point of the trust-region step")
+    return value
+
+
+def offered(objective: object, method: str, wanted: bool) -> object | None:
+    """``objective.<method>()`` (e.g. its compiled derivatives) when ``wanted`` and the objective has
+    the method; ``None`` otherwise, or when the method itself gives ``None`` (not available)."""
+    make = getattr(objective, method, None) if wanted else None
+    return make() if callable(make) else None
 
 
 def check_compile(compile: bool) -> bool:
@@ -330,7 +342,7 @@ class TrustRegion(RecordingOptimizer):
         config = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
         config.check_radius("radius", radius)
         super().__init__(params, asdict(config), radius)
-        #: use the closure's compiled derivatives (``closure.compiled()``) where it offers them
+        #: use the objective's compiled derivatives (``objective.compiled()``) where it offers them
         self.compile = check_compile(compile)
 
     def step(self, closure: Callable[[], Tensor], objective: object | None = None) -> Tensor:  # type: ignore[override]
@@ -340,8 +352,7 @@ class TrustRegion(RecordingOptimizer):
         if closure is None:
             raise ValueError("TrustRegion.step needs a closure that returns the loss (without backward)")
         params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
-        offers = self.compile and callable(getattr(objective, "compiled", None))
-        derivatives = objective.compiled() if offers else None
+        derivatives = offered(objective, "compiled", self.compile)
         if derivatives is not None:
             with torch.no_grad():
                 closure()  # once, for what the closure records (the objective's entry terms, hooks)

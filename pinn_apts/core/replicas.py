@@ -12,6 +12,7 @@ exactly what :func:`~pinn_apts.core.apts.local_solves` does one replica at a tim
 from __future__ import annotations
 
 import math
+from functools import partial
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -166,10 +167,11 @@ def batched_local_solves(
             raise FloatingPointError(f"Stage I, replica {replicas[d]}, local step {j + 1}: non-finite gradient "
                                      "at the current point of the trust-region step")
 
-        def hvp(v: Tensor, at: Tensor = current) -> Tensor:
-            if derivatives is not None:
-                return derivatives.hvp(at, v)
-            return torch.autograd.grad(flat_grad_graph, stacked, grad_outputs=v, retain_graph=True)[0]
+        if derivatives is not None:
+            hvp = partial(derivatives.hvp, current)
+        else:
+            def hvp(v: Tensor) -> Tensor:
+                return torch.autograd.grad(flat_grad_graph, stacked, grad_outputs=v, retain_graph=True)[0]
 
         cg = stacked_steihaug_cg(flat_grad, hvp, radii, max_iter=config.cg_max_iter,
                                  damping=config.damping, rtol=config.cg_rtol)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -37,7 +38,7 @@ from .jet import MLPJet
 from .loss import residual_of
 from .problems import PDEProblem
 
-__all__ = ["CompiledDerivatives", "CompiledPINNLoss", "CompiledStackedDerivatives", "LossData", "compiled_pinn_loss"]
+__all__ = ["CompiledDerivatives", "CompiledPINNLoss", "LossData", "compiled_pinn_loss"]
 
 
 class LossData(NamedTuple):
@@ -58,42 +59,28 @@ class LossData(NamedTuple):
 
 
 class CompiledDerivatives:
-    """One objective's compiled loss, gradient and Hessian-vector products: a
-    :class:`~pinn_apts.core.trust_region.FlatDerivatives` for the trust-region steps."""
+    """One objective's compiled loss, gradient and Hessian-vector products on ``data``.
 
-    def __init__(self, functions: CompiledPINNLoss, data: LossData) -> None:
+    One objective (``stacked=False``): a :class:`~pinn_apts.core.trust_region.FlatDerivatives`
+    of the flat parameters ``(P,)``.  ``R`` stacked replicas (``stacked=True``, ``data.interior``
+    ``(R, size, 2)`` and ``data.interior_weight`` ``(R, size)``, the padded parts of
+    :func:`~pinn_apts.pde.loss.padded_parts`): a :class:`~pinn_apts.core.replicas.StackedDerivatives`
+    of ``(R, P)``, with losses ``(R,)``.
+    """
+
+    def __init__(self, functions: CompiledPINNLoss, data: LossData, stacked: bool = False) -> None:
         self.functions, self.data = functions, data
+        self.prefix = "stacked_" if stacked else ""
 
     def loss(self, flat: Tensor) -> Tensor:
-        return self.functions.call("loss", flat, *self.data)
+        return self.functions.call(self.prefix + "loss", flat, *self.data)
 
     def loss_and_grad(self, flat: Tensor) -> tuple[Tensor, Tensor]:
-        grad, value = self.functions.call("loss_and_grad", flat, *self.data)
+        grad, value = self.functions.call(self.prefix + "loss_and_grad", flat, *self.data)
         return value, grad
 
     def hvp(self, flat: Tensor, v: Tensor) -> Tensor:
-        return self.functions.call("hvp", flat, v, *self.data)
-
-
-class CompiledStackedDerivatives:
-    """The compiled local losses of ``R`` stacked replicas, ``(R,)``, their gradients and
-    Hessian-vector products, ``(R, P)``, as functions of the stacked flat parameters ``(R, P)``:
-    a :class:`~pinn_apts.core.replicas.StackedDerivatives` for batched Stage I.  ``data`` is a
-    :class:`LossData` whose ``interior`` is ``(R, size, 2)`` and ``interior_weight`` ``(R, size)``
-    (the padded parts of :func:`~pinn_apts.pde.loss.padded_parts`)."""
-
-    def __init__(self, functions: CompiledPINNLoss, data: LossData) -> None:
-        self.functions, self.data = functions, data
-
-    def loss(self, flat: Tensor) -> Tensor:
-        return self.functions.call("stacked_loss", flat, *self.data)
-
-    def loss_and_grad(self, flat: Tensor) -> tuple[Tensor, Tensor]:
-        grad, (_, losses) = self.functions.call("stacked_loss_and_grad", flat, *self.data)
-        return losses, grad
-
-    def hvp(self, flat: Tensor, v: Tensor) -> Tensor:
-        return self.functions.call("stacked_hvp", flat, v, *self.data)
+        return self.functions.call(self.prefix + "hvp", flat, v, *self.data)
 
 
 class CompiledPINNLoss:
@@ -112,10 +99,10 @@ class CompiledPINNLoss:
         eager = {
             "loss": self._loss,
             "loss_and_grad": torch.func.grad_and_value(self._loss),
-            "hvp": self._hvp,
+            "hvp": partial(self._product, self._loss),
             "stacked_loss": self._stacked_loss,
-            "stacked_loss_and_grad": torch.func.grad_and_value(self._stacked_sum, has_aux=True),
-            "stacked_hvp": self._stacked_hvp,
+            "stacked_loss_and_grad": self._stacked_loss_and_grad,
+            "stacked_hvp": partial(self._product, self._stacked_total),
         }
         self.eager: dict[str, Callable] = eager
         self.compiled: dict[str, Callable] = {
@@ -147,21 +134,24 @@ class CompiledPINNLoss:
                 + d.initial_weight * (out[:, :n_ic] - d.initial_values.squeeze(-1)).square().sum(dim=1)
                 + d.boundary_weight * (out[:, n_ic:] - d.boundary_values.squeeze(-1)).square().sum(dim=1))
 
-    def _stacked_sum(self, flat: Tensor, *data: Tensor) -> tuple[Tensor, Tensor]:
-        """``F = sum_d L^d`` (its Hessian is block diagonal: one block per replica) and the losses."""
-        losses = self._stacked_loss(flat, *data)
-        return losses.sum(), losses
+    def _stacked_total(self, flat: Tensor, *data: Tensor) -> Tensor:
+        """``F = sum_d L^d``: its gradient is the replicas' gradients, its Hessian block diagonal."""
+        return self._stacked_loss(flat, *data).sum()
 
-    def _stacked_hvp(self, flat: Tensor, v: Tensor, *data: Tensor) -> Tensor:
-        _, product = torch.func.vjp(lambda x: torch.func.grad(self._stacked_sum, has_aux=True)(x, *data)[0], flat)
-        return product(v)[0]
+    def _stacked_loss_and_grad(self, flat: Tensor, *data: Tensor) -> tuple[Tensor, Tensor]:
+        """The replicas' gradients ``(R, P)`` and losses ``(R,)``."""
+        def total_and_losses(x: Tensor) -> tuple[Tensor, Tensor]:
+            losses = self._stacked_loss(x, *data)
+            return losses.sum(), losses
 
-    def stacked(self, data: LossData) -> CompiledStackedDerivatives | None:
-        """The stacked functions on ``data``, or ``None`` once compilation has failed."""
-        return None if self.failed is not None else CompiledStackedDerivatives(self, data)
+        grad, (_, losses) = torch.func.grad_and_value(total_and_losses, has_aux=True)(flat)
+        return grad, losses
 
-    def _hvp(self, flat: Tensor, v: Tensor, *data: Tensor) -> Tensor:
-        _, product = torch.func.vjp(lambda x: torch.func.grad(self._loss)(x, *data), flat)
+    @staticmethod
+    def _product(total: Callable[..., Tensor], flat: Tensor, v: Tensor, *data: Tensor) -> Tensor:
+        """The Hessian of ``total`` at ``flat`` times ``v``: the derivative of its gradient along ``v``
+        (``vjp`` of ``grad``; the Hessian is symmetric)."""
+        _, product = torch.func.vjp(lambda x: torch.func.grad(total)(x, *data), flat)
         return product(v)[0]
 
     def call(self, name: str, *args: Tensor):
@@ -178,9 +168,10 @@ class CompiledPINNLoss:
                 )
         return self.eager[name](*args)
 
-    def derivatives(self, data: LossData) -> CompiledDerivatives | None:
-        """The functions on ``data``, or ``None`` once compilation has failed (use the eager graph path)."""
-        return None if self.failed is not None else CompiledDerivatives(self, data)
+    def derivatives(self, data: LossData, stacked: bool = False) -> CompiledDerivatives | None:
+        """The functions on ``data`` (of ``R`` stacked replicas if ``stacked``), or ``None`` once
+        compilation has failed (use the eager graph path)."""
+        return None if self.failed is not None else CompiledDerivatives(self, data, stacked)
 
 
 _CACHE: dict[tuple, CompiledPINNLoss] = {}

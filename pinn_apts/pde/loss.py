@@ -14,7 +14,8 @@ from .problems import PDEProblem
 from .sampling import CollocationBatch
 
 __all__ = [
-    "LossTerms", "check_loss_finite", "padded_parts", "pinn_loss", "pinn_loss_share", "residual_of", "stacked_pinn_loss",
+    "LossTerms", "check_loss_finite", "padded_parts", "pinn_loss", "pinn_loss_share", "residual_of", "share_of_data",
+    "stacked_pinn_loss",
 ]
 
 
@@ -70,12 +71,18 @@ def pinn_loss_share(
     points = interior.detach()
     residual = residual_of(problem, u.jet(points) if hasattr(u, "jet") else AutogradJet(u, points))
     interior_share = residual.square().sum() / len(batch.interior)
-    initial, initial_values = batch.initial[rank::world_size], batch.initial_values[rank::world_size]
-    boundary, boundary_values = batch.boundary[rank::world_size], batch.boundary_values[rank::world_size]
+    initial, initial_values, boundary, boundary_values = share_of_data(batch, rank, world_size)
     out = u(torch.cat([initial, boundary]))
     initial_share = (out[: len(initial)] - initial_values).square().sum() / len(batch.initial)
     boundary_share = (out[len(initial) :] - boundary_values).square().sum() / len(batch.boundary)
     return LossTerms(interior_share + initial_share + boundary_share, interior_share, initial_share, boundary_share)
+
+
+def share_of_data(batch: CollocationBatch, rank: int, world_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Process ``rank``'s initial points, their targets, boundary points and theirs: every
+    ``world_size``-th from ``rank`` on (see :func:`pinn_loss_share`)."""
+    return (batch.initial[rank::world_size], batch.initial_values[rank::world_size],
+            batch.boundary[rank::world_size], batch.boundary_values[rank::world_size])
 
 
 def residual_of(problem: PDEProblem, jet: Jet) -> Tensor:

@@ -26,8 +26,16 @@ import torch
 from torch import Tensor, nn
 
 from ..core.distributed import Communicator, replicas_of_rank
-from .compiled import CompiledDerivatives, CompiledStackedDerivatives, LossData, compiled_pinn_loss
-from .loss import LossTerms, check_loss_finite, padded_parts, pinn_loss, pinn_loss_share, stacked_pinn_loss
+from .compiled import CompiledDerivatives, LossData, compiled_pinn_loss
+from .loss import (
+    LossTerms,
+    check_loss_finite,
+    padded_parts,
+    pinn_loss,
+    pinn_loss_share,
+    share_of_data,
+    stacked_pinn_loss,
+)
 from .model import MLP
 from .problems import PDEProblem
 from .sampling import CollocationBatch
@@ -94,6 +102,10 @@ class PINNObjective:
     def _interior(self, d: int) -> Tensor:
         return self.batch.interior[self.parts[d]]
 
+    def _own_interior(self) -> Tensor:
+        """The interior points of this process's replicas (its share of the full loss)."""
+        return torch.cat([self._interior(d) for d in self.replicas])
+
     # -------------------------------------------------------------- objectives
     def full(self) -> Tensor:
         """``L`` at the network's parameters (or, across processes, this process's share), with its graph.
@@ -105,8 +117,8 @@ class PINNObjective:
         if comm.world_size == 1:
             terms = pinn_loss(self.net, self.problem, self.batch)
         else:
-            own = torch.cat([self._interior(d) for d in self.replicas])
-            terms = pinn_loss_share(self.net, self.problem, self.batch, own, comm.rank, comm.world_size)
+            terms = pinn_loss_share(self.net, self.problem, self.batch, self._own_interior(), comm.rank,
+                                    comm.world_size)
         if self.entry_terms is None:
             entry = LossTerms(*comm.all_reduce_sum(torch.stack([t.detach() for t in terms])))
             check_loss_finite(entry, self.batch.iteration)
@@ -151,47 +163,46 @@ class PINNObjective:
         replica ``d``'s objective, or with ``d=None`` of :meth:`full` (this process's share across
         processes), as functions of the flat parameters; ``None`` where they are not available
         (a network other than the package's MLP, or compilation failed: use the graph path)."""
-        if not self.can_stack or not all(p.requires_grad for p in self.net.parameters()):
+        if not self._compilable:
             return None
-        functions = compiled_pinn_loss(self.problem, self.net.layer_sizes)
         batch, comm = self.batch, self.communicator
-        like = batch.interior
-
-        def weight(size: int) -> Tensor:
-            return torch.tensor(1.0 / size, dtype=like.dtype, device=like.device)
-
+        sets = (batch.initial, batch.initial_values, batch.boundary, batch.boundary_values)
         if d is not None:
-            interior, interior_weight = self._interior(d), weight(len(self.parts[d]))
-            initial, initial_values = batch.initial, batch.initial_values
-            boundary, boundary_values = batch.boundary, batch.boundary_values
+            interior, interior_weight = self._interior(d), self._inverse(len(self.parts[d]))
         elif comm.world_size == 1:
-            interior, interior_weight = batch.interior, weight(len(batch.interior))
-            initial, initial_values = batch.initial, batch.initial_values
-            boundary, boundary_values = batch.boundary, batch.boundary_values
+            interior, interior_weight = batch.interior, self._inverse(len(batch.interior))
         else:  # this rank's share, as pinn_loss_share
-            rank, size = comm.rank, comm.world_size
-            interior = torch.cat([self._interior(r) for r in self.replicas])
-            interior_weight = weight(len(batch.interior))
-            initial, initial_values = batch.initial[rank::size], batch.initial_values[rank::size]
-            boundary, boundary_values = batch.boundary[rank::size], batch.boundary_values[rank::size]
-        data = LossData(interior, interior_weight, initial, initial_values, weight(len(batch.initial)),
-                        boundary, boundary_values, weight(len(batch.boundary)))
-        return functions.derivatives(data)
+            interior, interior_weight = self._own_interior(), self._inverse(len(batch.interior))
+            sets = share_of_data(batch, comm.rank, comm.world_size)
+        return self._compiled(interior, interior_weight, *sets, stacked=False)
 
-    def compiled_stacked(self) -> CompiledStackedDerivatives | None:
+    def compiled_stacked(self) -> CompiledDerivatives | None:
         """:meth:`stacked_local` compiled, with its gradients and Hessian-vector products, as functions
         of the stacked flat parameters ``(R, P)`` (batched Stage I); ``None`` where not available."""
-        if not self.can_stack or not all(p.requires_grad for p in self.net.parameters()):
+        if not self._compilable:
             return None
         batch = self.batch
         index, weight = padded_parts([self.parts[d] for d in self.replicas], batch.interior)
+        return self._compiled(batch.interior[index], weight, batch.initial, batch.initial_values, batch.boundary,
+                              batch.boundary_values, stacked=True)
 
-        def scalar(value: float) -> Tensor:
-            return torch.tensor(value, dtype=batch.interior.dtype, device=batch.interior.device)
+    @property
+    def _compilable(self) -> bool:
+        """The package's MLP with every parameter trained: the layout the compiled functions assume."""
+        return self.can_stack and all(p.requires_grad for p in self.net.parameters())
 
-        data = LossData(batch.interior[index], weight, batch.initial, batch.initial_values, scalar(1.0 / len(batch.initial)),
-                        batch.boundary, batch.boundary_values, scalar(1.0 / len(batch.boundary)))
-        return compiled_pinn_loss(self.problem, self.net.layer_sizes).stacked(data)
+    def _inverse(self, size: int) -> Tensor:
+        """``1 / size`` as a 0-d tensor of the batch's dtype and device (a term's weight)."""
+        return torch.tensor(1.0 / size, dtype=self.batch.interior.dtype, device=self.batch.interior.device)
+
+    def _compiled(self, interior: Tensor, interior_weight: Tensor, initial: Tensor, initial_values: Tensor,
+                  boundary: Tensor, boundary_values: Tensor, stacked: bool) -> CompiledDerivatives | None:
+        """The compiled functions on these sets (initial and boundary terms: means over the batch's whole
+        sets), or ``None`` after a failed compilation."""
+        batch = self.batch
+        data = LossData(interior, interior_weight, initial, initial_values, self._inverse(len(batch.initial)),
+                        boundary, boundary_values, self._inverse(len(batch.boundary)))
+        return compiled_pinn_loss(self.problem, self.net.layer_sizes).derivatives(data, stacked)
 
     @cached_property
     def _layout(self) -> tuple[list[str], list[torch.Size]]:
