@@ -102,6 +102,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # Networks are built (and initialised) in float64 whichever method comes first: a module made under
+    # float32 and cast by precision="64-true" starts from other weights than the bare loop's.
+    torch.set_default_dtype(torch.float64)
     total = args.warmup + args.iterations
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "CPU"
     print(f"{args.problem}, {name}, torch {torch.__version__}, float64, {args.threads} thread(s): median seconds per "
