@@ -236,7 +236,7 @@ def test_stage1_radius_rules():
     assert stage1_radius_update("decrease", 1.5e-10, False, -1.0, True, config) == 1e-10
     # "keep": Stage I leaves it alone
     assert stage1_radius_update("keep", 1.0, False, -1.0, True, config) == 1.0
-    with pytest.raises(ValueError, match="stage1_radius must be 'ratio', 'decrease' or 'keep'"):
+    with pytest.raises(ValueError, match="stage1_radius must be 'ratio', 'decrease', 'keep' or 'own'"):
         APTSPINN(problem="heat", stage1_radius="grow")
 
 
@@ -248,6 +248,58 @@ def test_stage1_radius_rule_is_followed(rule):
     info = opt.last_step
     assert not info.stage1_accepted
     assert info.stage1_radius == (0.5 if rule == "decrease" else 1.0)
+
+
+def test_stage1_own_radius_moves_alone_and_bounds_the_replicas():
+    x = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    full = lambda: x.square().sum()
+    away = Objective(full, lambda d: (x - 5.0).square().sum())  # Stage I rejected: rho_I < 0
+    opt = APTS([x], num_subdomains=2, local_steps=2, radius=1.0, damping=0.0, stage1_radius="own")
+    assert opt.stage1_own_radius == 1.0
+    opt.step(away)
+    info = opt.last_step
+    assert not info.stage1_accepted and info.stage1_radius == 1.0  # Stage II's radius left alone
+    assert opt.stage1_own_radius == 0.5 == info.stage1_own_radius  # Delta_I shrunk by rho_I
+    assert info.metrics()["apts/stage1_own_radius"] == 0.5
+    delta = opt.radius  # Stage II's, after its step
+    opt.step(away)
+    assert opt.last_step.stage1_radius == delta  # Stage I left it alone again
+    assert opt.last_step.max_replica_norm <= 0.5 * (1 + 1e-12) < delta  # |s^d| <= Delta_I, not Delta
+    # Delta_I is in the checkpoint, and a checkpoint from before it existed starts it at Delta
+    state = opt.state_dict()
+    twin = APTS([x], num_subdomains=2, local_steps=2, damping=0.0, stage1_radius="own")
+    twin.load_state_dict(state)
+    assert twin.stage1_own_radius == opt.stage1_own_radius == 0.25
+    del state["state"]["apts"]["stage1_own_radius"]
+    twin.load_state_dict(state)
+    assert twin.stage1_own_radius == twin.radius
+    # replicas that agree with the full loss: accepted, rho_I = 1 at the boundary, Delta_I grows
+    y = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    toward = APTS([y], num_subdomains=2, local_steps=1, radius=0.5, damping=0.0, stage1_radius="own")
+    toward.step(Objective(lambda: y.square().sum(), lambda d: y.square().sum()))
+    assert toward.last_step.stage1_accepted and toward.stage1_own_radius == 1.0
+    keep = APTS([y], num_subdomains=2, damping=0.0)
+    keep.step(Objective(lambda: y.square().sum(), lambda d: y.square().sum()))
+    assert "apts/stage1_own_radius" not in keep.last_step.metrics()  # only where Stage I has its own
+
+
+def test_stage1_search_halves_an_overshooting_correction():
+    def run(search):
+        x = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+        opt = APTS([x], num_subdomains=2, local_steps=1, radius=3.0, damping=0.0, stage1_search=search)
+        # each replica's minimum is at -2: s_bar = -3 overshoots the full loss's minimum at 0
+        opt.step(Objective(lambda: x.square().sum(), lambda d: (x + 2.0).square().sum()))
+        return opt.last_step
+
+    paper = run(0)
+    assert not paper.stage1_accepted and paper.stage1_loss == 4.0 and paper.stage1_step == 0.0
+    halved = run(2)
+    assert halved.stage1_accepted and halved.stage1_loss == 0.25 and halved.stage1_step == 0.5
+    assert halved.correction_norm == paper.correction_norm == 3.0  # the same s_bar, half of it taken
+    assert halved.metrics()["apts/stage1_step"] == 0.5
+    for bad in (-1, 1.5, True, 31):
+        with pytest.raises(ValueError, match=r"stage1_search must be an integer in \[0, 30\]"):
+            APTSPINN(problem="heat", stage1_search=bad)
 
 
 def test_replica_coherence_measures_how_the_corrections_agree():

@@ -26,6 +26,12 @@ researcher would vary them):
   Laplace and tied on Heat: the Stage I test often fails while its direction still helps, and
   the other rules then shrink the radius that Stage II needs (docs/RESULTS.md).  Acceptance
   itself is the paper's plain decrease test.
+  A fourth, ``"own"``, gives Stage I a radius of its own, ``Delta_I``: the replicas solve with
+  ``Delta_I / J``, ``Delta_I`` follows ``rho_I`` by :func:`~pinn_apts.core.trust_region.update_radius`,
+  and ``Delta`` is Stage II's alone, so a failing Stage I neither takes steps that fill Stage II's
+  radius nor shrinks it.
+- *Step length.*  With ``stage1_search = m`` a rejected ``s_bar`` is halved up to ``m`` times
+  (``theta_k + alpha s_bar``, one full-loss evaluation each) before Stage I gives up.
 - *Local steps.*  Each local step has its own ratio test on ``L_k^d``: a rejected local step
   leaves the replica where it is and halves the local radius (which may grow back, at most
   to ``Delta_k / J``).  With ``local_retry`` a rejected local step is retried at once with the
@@ -75,7 +81,13 @@ class APTSConfig:
         ``"auto"``: whichever :func:`resolve_replicas` picks for the device, where it was faster.
     stage1_radius:
         How Stage I moves ``Delta`` (see :func:`stage1_radius_update`): ``"keep"`` (default),
-        ``"decrease"`` or ``"ratio"``.
+        ``"decrease"`` or ``"ratio"``; or ``"own"``: Stage I has a radius of its own, ``Delta_I``
+        (its replicas solve with ``Delta_I / J``), moved by Stage I's ratio test ``rho_I`` alone,
+        and Stage II's ``Delta`` is left to Stage II.
+    stage1_search:
+        Halvings of a rejected combined correction: the trial steps are ``theta_k + alpha s_bar``
+        with ``alpha = 1, 1/2, ..., 2**-stage1_search``, the first that lowers the full loss is
+        accepted (0, the paper: ``alpha = 1`` only).
     trust_region:
         The constants of the global and the local trust-region steps (defaults: the paper's).
     """
@@ -85,7 +97,8 @@ class APTSConfig:
     combine: Literal["average", "sum"] = "average"
     local_retry: bool = False
     replicas: Literal["sequential", "batched", "auto"] = "auto"
-    stage1_radius: Literal["ratio", "decrease", "keep"] = "keep"
+    stage1_radius: Literal["ratio", "decrease", "keep", "own"] = "keep"
+    stage1_search: int = 0
     trust_region: TrustRegionConfig = TrustRegionConfig()
 
     def __post_init__(self) -> None:
@@ -97,8 +110,12 @@ class APTSConfig:
             raise ValueError(f"combine must be 'average' or 'sum', got {self.combine!r}")
         if self.replicas not in ("sequential", "batched", "auto"):
             raise ValueError(f"replicas must be 'sequential', 'batched' or 'auto', got {self.replicas!r}")
-        if self.stage1_radius not in ("ratio", "decrease", "keep"):
-            raise ValueError(f"stage1_radius must be 'ratio', 'decrease' or 'keep', got {self.stage1_radius!r}")
+        if self.stage1_radius not in ("ratio", "decrease", "keep", "own"):
+            raise ValueError(
+                f"stage1_radius must be 'ratio', 'decrease', 'keep' or 'own', got {self.stage1_radius!r}")
+        search = self.stage1_search
+        if isinstance(search, bool) or not isinstance(search, int) or not 0 <= search <= 30:
+            raise ValueError(f"stage1_search must be an integer in [0, 30], got {search!r}")
         if self.replicas == "batched" and self.local_retry:
             raise ValueError("local_retry must be False with replicas='batched'")
 
@@ -141,6 +158,10 @@ class APTSStepInfo:
     #: ``|sum_d s_k^d|^2 / (D sum_d |s_k^d|^2)``: 1 when the replicas' corrections agree, 1/D when
     #: they are orthogonal with equal norms, near 0 when they cancel (NaN: no replica moved)
     replica_coherence: float = math.nan
+    #: ``alpha`` of the accepted trial step ``theta_k + alpha s_bar`` (0: rejected; see ``stage1_search``)
+    stage1_step: float = math.nan
+    #: ``Delta_I`` after Stage I, with ``stage1_radius="own"`` (else NaN)
+    stage1_own_radius: float = math.nan
 
     def to_state(self) -> dict:
         return {**asdict(self), "local_reasons": {r.value: n for r, n in self.local_reasons.items()},
@@ -162,6 +183,7 @@ class APTSStepInfo:
             "apts/correction_norm": self.correction_norm,
             "apts/max_replica_norm": self.max_replica_norm,
             "apts/replica_coherence": self.replica_coherence,
+            "apts/stage1_step": self.stage1_step,
             "apts/local_acceptance": self.local_accepted / local,
             "apts/local_cg_iterations": self.local_cg_iterations,
             "apts/stage1_non_finite": float(not math.isfinite(self.stage1_loss)),
@@ -169,6 +191,8 @@ class APTSStepInfo:
             "time/stage1": self.stage1_seconds,
             "time/stage2": self.stage2_seconds,
         }
+        if math.isfinite(self.stage1_own_radius):
+            metrics["apts/stage1_own_radius"] = self.stage1_own_radius
         metrics.update({f"apts/local_stop/{r.value}": self.local_reasons.get(r, 0) / local for r in StopReason})
         return metrics
 
@@ -239,7 +263,7 @@ class APTS(RecordingOptimizer):
     ----------
     params:
         Parameters ``theta`` (one group).
-    num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius:
+    num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius, stage1_search:
         See :class:`APTSConfig`.
     radius:
         Initial radius ``Delta_0`` (default 1.0, in ``[min_radius, max_radius]``).
@@ -288,14 +312,17 @@ class APTS(RecordingOptimizer):
         combine: Literal["average", "sum"] = APTSConfig.combine,
         local_retry: bool = APTSConfig.local_retry,
         replicas: Literal["sequential", "batched", "auto"] = APTSConfig.replicas,
-        stage1_radius: Literal["ratio", "decrease", "keep"] = APTSConfig.stage1_radius,
+        stage1_radius: Literal["ratio", "decrease", "keep", "own"] = APTSConfig.stage1_radius,
+        stage1_search: int = APTSConfig.stage1_search,
         communicator: Communicator | None = None,
         compile: bool = False,
     ) -> None:
         tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
         tr.check_radius("radius", radius)
-        config = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius, tr)
+        config = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius,
+                            stage1_search, trust_region=tr)
         super().__init__(params, config.flat(), radius)
+        self.state[self.key]["stage1_own_radius"] = float(radius)
         self.communicator = communicator or Communicator()
         #: use the objective's compiled derivatives where it offers them
         self.compile = check_compile(compile)
@@ -306,6 +333,13 @@ class APTS(RecordingOptimizer):
     def acceptance_rate(self) -> float:
         """Fraction of outer iterations whose Stage I trial step was accepted."""
         return self.totals.acceptance_rate
+
+    @property
+    def stage1_own_radius(self) -> float:
+        """``Delta_I``, Stage I's own radius (used with ``stage1_radius="own"``; a checkpoint from
+        before it existed starts it at ``Delta``)."""
+        record = self.state[self.key]
+        return record.get("stage1_own_radius", record["radius"])
 
     def step(  # type: ignore[override]
         self, objective: APTSObjective | None = None, closure: Callable[[], object] | None = None
@@ -351,6 +385,8 @@ class APTS(RecordingOptimizer):
         config, closure = self.config, objective.full
         tr, replicas = config.trust_region, self.replicas
         radius = self.radius
+        own = config.stage1_radius == "own"
+        stage1_delta = self.stage1_own_radius if own else radius  # the replicas solve with stage1_delta / J
         comm = self.communicator
         total = comm.all_reduce_sum
         reduce = total if comm.world_size > 1 else None
@@ -367,22 +403,33 @@ class APTS(RecordingOptimizer):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
         if mode == "batched":
             stacked = offered(objective, "compiled_stacked", compiled is not None)
-            solved = batched_local_solves(params, local, radius, tr, replicas, config.local_steps, derivatives=stacked)
+            solved = batched_local_solves(params, local, stage1_delta, tr, replicas, config.local_steps,
+                                          derivatives=stacked)
         else:
-            solved = local_solves(params, local, replicas, radius, tr, config.local_steps, config.local_retry,
+            solved = local_solves(params, local, replicas, stage1_delta, tr, config.local_steps, config.local_retry,
                                   derivatives=compiled)
         # one collective: this rank's corrections and counters, summed over the ranks
         summed = _unpack(total(_pack(solved, config.num_subdomains)), start.numel(), config.num_subdomains)
         scale = 1.0 / config.num_subdomains if config.combine == "average" else 1.0
         correction = scale * summed.correction_sum
-        with torch.no_grad():
-            vector_to_parameters(start + correction, params)
-        with graph:
-            trial = closure()
-        trial_value = float(total(trial.detach()))
-        accepted = math.isfinite(trial_value) and trial_value < loss_value
-        rho = reduction_ratio(loss_value - trial_value, scale * summed.predicted_sum)
-        radius = stage1_radius_update(config.stage1_radius, radius, accepted, rho, summed.hit_boundary, tr)
+        alpha = 1.0
+        for halvings in range(config.stage1_search + 1):  # theta_k + alpha s_bar, alpha = 1, 1/2, ...
+            with torch.no_grad():
+                vector_to_parameters(start + correction if halvings == 0 else start + alpha * correction, params)
+            with graph:
+                trial = closure()
+            trial_value = float(total(trial.detach()))
+            accepted = math.isfinite(trial_value) and trial_value < loss_value
+            if accepted or halvings == config.stage1_search:
+                break
+            alpha *= 0.5
+        # the predicted decrease of a shortened step: the combined one scaled by alpha (to first order)
+        rho = reduction_ratio(loss_value - trial_value, alpha * scale * summed.predicted_sum)
+        if own:
+            self.state[self.key]["stage1_own_radius"] = stage1_radius_update(
+                "ratio", stage1_delta, accepted, rho, summed.hit_boundary, tr)
+        else:
+            radius = stage1_radius_update(config.stage1_radius, radius, accepted, rho, summed.hit_boundary, tr)
         if not accepted:
             with torch.no_grad():
                 vector_to_parameters(start, params)
@@ -403,6 +450,8 @@ class APTS(RecordingOptimizer):
             stage1_rho=rho,
             stage1_radius=stage1_radius,
             correction_norm=float(correction.norm()),
+            stage1_step=alpha if accepted else 0.0,
+            stage1_own_radius=self.stage1_own_radius if own else math.nan,
             max_replica_norm=max(summed.correction_norms.values()),
             local_accepted=summed.local_accepted,
             local_steps=summed.local_steps,

@@ -49,7 +49,11 @@ class APTSPINN(PINNModule):
         How Stage I updates the radius: ``"keep"`` (default: leave it to Stage II; the lowest
         error in our short-run study), ``"decrease"`` (shrink only when Stage I is rejected) or
         ``"ratio"`` (ratio of the actual decrease to the averaged local predicted decreases);
-        see :func:`~pinn_apts.core.apts.stage1_radius_update`.
+        see :func:`~pinn_apts.core.apts.stage1_radius_update`; or ``"own"``: Stage I's radius
+        ``Delta_I`` of its own, moved by its ratio test alone, Stage II's left to Stage II.
+    stage1_search:
+        Halve a rejected Stage I correction up to this many times, accepting the first
+        ``theta_k + alpha s_bar`` that lowers the loss (default 0: the paper's single test).
     compile:
         ``"on"``: take the trust-region steps on the compiled loss, gradient and Hessian-vector
         products (:mod:`pinn_apts.pde.compiled`; 1.6x faster per APTS iteration on the CPU, after
@@ -83,7 +87,8 @@ class APTSPINN(PINNModule):
         combine: Literal["average", "sum"] = APTSConfig.combine,
         local_retry: bool = APTSConfig.local_retry,
         replicas: Literal["sequential", "batched", "auto"] = APTSConfig.replicas,
-        stage1_radius: Literal["ratio", "decrease", "keep"] = APTSConfig.stage1_radius,
+        stage1_radius: Literal["ratio", "decrease", "keep", "own"] = APTSConfig.stage1_radius,
+        stage1_search: int = APTSConfig.stage1_search,
         compile: Literal["auto", "on", "off"] = "auto",
         **kwargs,
     ) -> None:
@@ -94,7 +99,7 @@ class APTSPINN(PINNModule):
             num_subdomains=num_subdomains, local_steps=local_steps, radius=radius, max_radius=max_radius,
             min_radius=min_radius, eta1=eta1, eta2=eta2, shrink=shrink, grow=grow, cg_max_iter=cg_max_iter,
             damping=damping, cg_rtol=cg_rtol, combine=combine, local_retry=local_retry, replicas=replicas,
-            stage1_radius=stage1_radius,
+            stage1_radius=stage1_radius, stage1_search=stage1_search,
         )
         # validate now, with messages naming the parameter, rather than at fit time
         APTSConfig.from_mapping(self.optimizer_kwargs).trust_region.check_radius("radius", radius)
