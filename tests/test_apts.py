@@ -234,6 +234,11 @@ def test_stage1_radius_rules():
     assert stage1_radius_update("decrease", 1.0, True, 0.05, True, config) == 1.0
     assert stage1_radius_update("decrease", 1.0, False, -math.inf, True, config) == 0.5
     assert stage1_radius_update("decrease", 1.5e-10, False, -1.0, True, config) == 1e-10
+    # "own" (Delta_I): shrink on rejection, grow on an acceptance at the boundary
+    assert stage1_radius_update("own", 1.0, False, 0.9, True, config) == 0.5
+    assert stage1_radius_update("own", 1.0, True, 0.01, True, config) == 2.0
+    assert stage1_radius_update("own", 1.0, True, 0.9, False, config) == 1.0
+    assert stage1_radius_update("own", 8.0, True, 0.9, True, config) == 10.0
     # "keep": Stage I leaves it alone
     assert stage1_radius_update("keep", 1.0, False, -1.0, True, config) == 1.0
     with pytest.raises(ValueError, match="stage1_radius must be 'ratio', 'decrease', 'keep' or 'own'"):

@@ -27,9 +27,12 @@ researcher would vary them):
   the other rules then shrink the radius that Stage II needs (docs/RESULTS.md).  Acceptance
   itself is the paper's plain decrease test.
   A fourth, ``"own"``, gives Stage I a radius of its own, ``Delta_I``: the replicas solve with
-  ``Delta_I / J``, ``Delta_I`` follows ``rho_I`` by :func:`~pinn_apts.core.trust_region.update_radius`,
-  and ``Delta`` is Stage II's alone, so a failing Stage I neither takes steps that fill Stage II's
-  radius nor shrinks it.
+  ``Delta_I / J``, ``Delta_I`` follows Stage I's acceptance test (shrink on rejection, grow on an
+  acceptance whose local steps reached their boundary), and ``Delta`` is Stage II's alone, so a
+  failing Stage I neither takes steps that fill Stage II's radius nor shrinks it.  (``rho_I`` is
+  no guide for it: averaging ``D`` corrections that point different ways realizes only part of
+  the predicted decreases, so on Burgers ``rho_I`` stayed below ``eta1`` and drove ``Delta_I``
+  to ``Delta_min`` within 60 iterations.)
 - *Step length.*  With ``stage1_search = m`` a rejected ``s_bar`` is halved up to ``m`` times
   (``theta_k + alpha s_bar``, one full-loss evaluation each) before Stage I gives up.
 - *Local steps.*  Each local step has its own ratio test on ``L_k^d``: a rejected local step
@@ -82,7 +85,7 @@ class APTSConfig:
     stage1_radius:
         How Stage I moves ``Delta`` (see :func:`stage1_radius_update`): ``"keep"`` (default),
         ``"decrease"`` or ``"ratio"``; or ``"own"``: Stage I has a radius of its own, ``Delta_I``
-        (its replicas solve with ``Delta_I / J``), moved by Stage I's ratio test ``rho_I`` alone,
+        (its replicas solve with ``Delta_I / J``), moved by Stage I's acceptance test alone,
         and Stage II's ``Delta`` is left to Stage II.
     stage1_search:
         Halvings of a rejected combined correction: the trial steps are ``theta_k + alpha s_bar``
@@ -427,7 +430,7 @@ class APTS(RecordingOptimizer):
         rho = reduction_ratio(loss_value - trial_value, alpha * scale * summed.predicted_sum)
         if own:
             self.state[self.key]["stage1_own_radius"] = stage1_radius_update(
-                "ratio", stage1_delta, accepted, rho, summed.hit_boundary, tr)
+                "own", stage1_delta, accepted, rho, summed.hit_boundary, tr)
         else:
             radius = stage1_radius_update(config.stage1_radius, radius, accepted, rho, summed.hit_boundary, tr)
         if not accepted:
@@ -497,11 +500,15 @@ def stage1_radius_update(
       steps (shrink if ``rho_I < eta1``, grow if ``rho_I >= eta2`` and a local step hit its
       boundary), whatever the plain acceptance test said.
     - ``"decrease"``: follow the acceptance test: shrink on rejection, keep on acceptance.
+    - ``"own"`` (for Stage I's own radius ``Delta_I``): shrink on rejection, grow on acceptance
+      when a local step reached its boundary.
     """
     if rule == "ratio":
         return update_radius(radius, rho, hit_boundary, config)[1]
-    if rule == "decrease" and not accepted:
+    if rule in ("decrease", "own") and not accepted:
         radius = radius * config.shrink
+    elif rule == "own" and hit_boundary:
+        radius = radius * config.grow
     return min(max(radius, config.min_radius), config.max_radius)
 
 

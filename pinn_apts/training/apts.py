@@ -50,7 +50,7 @@ class APTSPINN(PINNModule):
         error in our short-run study), ``"decrease"`` (shrink only when Stage I is rejected) or
         ``"ratio"`` (ratio of the actual decrease to the averaged local predicted decreases);
         see :func:`~pinn_apts.core.apts.stage1_radius_update`; or ``"own"``: Stage I's radius
-        ``Delta_I`` of its own, moved by its ratio test alone, Stage II's left to Stage II.
+        ``Delta_I`` of its own, moved by its acceptance test alone, Stage II's left to Stage II.
     stage1_search:
         Halve a rejected Stage I correction up to this many times, accepting the first
         ``theta_k + alpha s_bar`` that lowers the loss (default 0: the paper's single test).
