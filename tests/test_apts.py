@@ -180,15 +180,16 @@ def test_non_finite_local_loss_at_current_point_is_an_error_and_theta_is_restore
     assert torch.equal(x.detach(), torch.tensor([1.0, 1.0], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("problem, num_parts", [("burgers", 4), ("heat", 3), ("laplace", 8)])
-def test_batched_replicas_equal_sequential(problem, num_parts):
+@pytest.mark.parametrize("problem, num_parts, coherent", [("burgers", 4, False), ("heat", 3, False),
+                                                         ("laplace", 8, False), ("burgers", 4, True)])
+def test_batched_replicas_equal_sequential(problem, num_parts, coherent):
     runs = {}
     for replicas in ("sequential", "batched", "auto"):
         torch.set_default_dtype(torch.float64)
         prob = get_problem(problem)
         sampler = CollocationSampler(prob, total_iterations=20, curriculum=SMALL, seed=1)
         net = MLP(seed=1)
-        opt = APTS(net.parameters(), num_subdomains=num_parts, radius=0.5, replicas=replicas)
+        opt = APTS(net.parameters(), num_subdomains=num_parts, radius=0.5, replicas=replicas, coherent=coherent)
         infos = []
         for k in range(4):
             opt.step(PINNObjective(net, prob, sampler.batch(k), num_parts))
@@ -305,6 +306,22 @@ def test_stage1_search_halves_an_overshooting_correction():
     for bad in (-1, 1.5, True, 31):
         with pytest.raises(ValueError, match=r"stage1_search must be an integer in \[0, 30\]"):
             APTSPINN(problem="heat", stage1_search=bad)
+
+
+def test_coherent_local_objectives_start_from_the_full_gradient():
+    def run(coherent):
+        x = torch.tensor([1.0, 1.0], dtype=torch.float64, requires_grad=True)
+        opt = APTS([x], num_subdomains=2, local_steps=1, radius=3.0, damping=0.0, coherent=coherent)
+        # the replicas' own minimum is at 5; made coherent, (x - 5)^2 + 10 (x - 1) has its minimum at 0
+        opt.step(Objective(lambda: x.square().sum(), lambda d: (x - 5.0).square().sum()))
+        return opt.last_step
+
+    paper, coherent = run(False), run(True)
+    assert not paper.stage1_accepted
+    assert coherent.stage1_accepted and coherent.stage1_loss == pytest.approx(0.0, abs=1e-24)
+    assert coherent.replica_coherence == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="coherent must be True or False"):
+        APTSPINN(problem="heat", coherent="yes")
 
 
 def test_replica_coherence_measures_how_the_corrections_agree():

@@ -81,14 +81,14 @@ def test_compiled_share_sums_to_the_full_loss():
     assert total == pytest.approx(float(objective.full().detach()), rel=1e-13)
 
 
-def run(optimizer, compile, iterations=10, device="cpu", replicas="sequential"):
+def run(optimizer, compile, iterations=10, device="cpu", replicas="sequential", coherent=False):
     """The parameters after each of ``iterations`` outer iterations, and the optimizer's totals."""
     torch.set_default_dtype(torch.float64)
     problem = get_problem("heat")
     sampler = CollocationSampler(problem, total_iterations=iterations, curriculum=SMALL, seed=0)
     net = MLP(seed=0).to(device)
     if optimizer == "apts":
-        opt = APTS(net.parameters(), num_subdomains=3, replicas=replicas, compile=compile)
+        opt = APTS(net.parameters(), num_subdomains=3, replicas=replicas, compile=compile, coherent=coherent)
     else:
         opt = TrustRegion(net.parameters(), compile=compile)
     iterates = []
@@ -110,11 +110,12 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
-@pytest.mark.parametrize("optimizer, agree_for, replicas", [("apts", 6, "sequential"), ("apts", 6, "batched"),
-                                                            ("tr", 10, None)])
-def test_compiled_and_eager_iterates_agree_over_ten_outer_iterations(optimizer, agree_for, replicas, device):
-    eager, eager_totals = run(optimizer, compile=False, device=device, replicas=replicas)
-    compiled, compiled_totals = run(optimizer, compile=True, device=device, replicas=replicas)
+@pytest.mark.parametrize("optimizer, agree_for, replicas, coherent", [
+    ("apts", 6, "sequential", False), ("apts", 6, "batched", False), ("tr", 10, None, False),
+    ("apts", 6, "sequential", True), ("apts", 6, "batched", True)])
+def test_compiled_and_eager_iterates_agree_over_ten_outer_iterations(optimizer, agree_for, replicas, coherent, device):
+    eager, eager_totals = run(optimizer, compile=False, device=device, replicas=replicas, coherent=coherent)
+    compiled, compiled_totals = run(optimizer, compile=True, device=device, replicas=replicas, coherent=coherent)
     assert compiled_totals == eager_totals  # the same acceptances, tries and CG iterations
     assert float((compiled[agree_for - 1] - eager[agree_for - 1]).abs().max()) <= 1e-10
     assert not torch.equal(compiled[-1], eager[-1])  # really another computation

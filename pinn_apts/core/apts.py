@@ -33,6 +33,11 @@ researcher would vary them):
   no guide for it: averaging ``D`` corrections that point different ways realizes only part of
   the predicted decreases, so on Burgers ``rho_I`` stayed below ``eta1`` and drove ``Delta_I``
   to ``Delta_min`` within 60 iterations.)
+- *Coherent local objectives* (``coherent=True``, not in the paper): each replica's objective
+  gets the linear term ``(grad L(theta_k) - grad L_k^d(theta_k)) . (theta - theta_k)``, so that
+  all replicas start from the full gradient and differ only in curvature (the first-order
+  coherence of multilevel trust-region methods).  On Burgers the paper's replicas' corrections
+  are close to orthogonal (``apts/replica_coherence`` about ``1/D``).
 - *Step length.*  With ``stage1_search = m`` a rejected ``s_bar`` is halved up to ``m`` times
   (``theta_k + alpha s_bar``, one full-loss evaluation each) before Stage I gives up.
 - *Local steps.*  Each local step has its own ratio test on ``L_k^d``: a rejected local step
@@ -87,6 +92,11 @@ class APTSConfig:
         ``"decrease"`` or ``"ratio"``; or ``"own"``: Stage I has a radius of its own, ``Delta_I``
         (its replicas solve with ``Delta_I / J``), moved by Stage I's acceptance test alone,
         and Stage II's ``Delta`` is left to Stage II.
+    coherent:
+        First-order coherent local objectives (not in the paper): replica ``d`` minimizes
+        ``L_k^d(theta) + (grad L(theta_k) - grad L_k^d(theta_k)) . (theta - theta_k)``, whose gradient
+        at ``theta_k`` is the full one and whose curvature is its own (one full and one local
+        gradient more per iteration).  Default ``False``.
     stage1_search:
         Halvings of a rejected combined correction: the trial steps are ``theta_k + alpha s_bar``
         with ``alpha = 1, 1/2, ..., 2**-stage1_search``, the first that lowers the full loss is
@@ -102,6 +112,7 @@ class APTSConfig:
     replicas: Literal["sequential", "batched", "auto"] = "auto"
     stage1_radius: Literal["ratio", "decrease", "keep", "own"] = "keep"
     stage1_search: int = 0
+    coherent: bool = False
     trust_region: TrustRegionConfig = TrustRegionConfig()
 
     def __post_init__(self) -> None:
@@ -116,6 +127,8 @@ class APTSConfig:
         if self.stage1_radius not in ("ratio", "decrease", "keep", "own"):
             raise ValueError(
                 f"stage1_radius must be 'ratio', 'decrease', 'keep' or 'own', got {self.stage1_radius!r}")
+        if not isinstance(self.coherent, bool):
+            raise ValueError(f"coherent must be True or False, got {self.coherent!r}")
         search = self.stage1_search
         if isinstance(search, bool) or not isinstance(search, int) or not 0 <= search <= 30:
             raise ValueError(f"stage1_search must be an integer in [0, 30], got {search!r}")
@@ -266,7 +279,7 @@ class APTS(RecordingOptimizer):
     ----------
     params:
         Parameters ``theta`` (one group).
-    num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius, stage1_search:
+    num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius, stage1_search, coherent:
         See :class:`APTSConfig`.
     radius:
         Initial radius ``Delta_0`` (default 1.0, in ``[min_radius, max_radius]``).
@@ -317,13 +330,14 @@ class APTS(RecordingOptimizer):
         replicas: Literal["sequential", "batched", "auto"] = APTSConfig.replicas,
         stage1_radius: Literal["ratio", "decrease", "keep", "own"] = APTSConfig.stage1_radius,
         stage1_search: int = APTSConfig.stage1_search,
+        coherent: bool = APTSConfig.coherent,
         communicator: Communicator | None = None,
         compile: bool = False,
     ) -> None:
         tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
         tr.check_radius("radius", radius)
         config = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius,
-                            stage1_search, trust_region=tr)
+                            stage1_search, coherent, trust_region=tr)
         super().__init__(params, config.flat(), radius)
         self.state[self.key]["stage1_own_radius"] = float(radius)
         self.communicator = communicator or Communicator()
@@ -404,13 +418,14 @@ class APTS(RecordingOptimizer):
         loss_value = float(total(loss.detach()))
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
+        full_gradient = self._full_gradient(loss, params, start, global_derivatives) if config.coherent else None
         if mode == "batched":
             stacked = offered(objective, "compiled_stacked", compiled is not None)
             solved = batched_local_solves(params, local, stage1_delta, tr, replicas, config.local_steps,
-                                          derivatives=stacked)
+                                          derivatives=stacked, full_gradient=full_gradient)
         else:
             solved = local_solves(params, local, replicas, stage1_delta, tr, config.local_steps, config.local_retry,
-                                  derivatives=compiled)
+                                  derivatives=compiled, full_gradient=full_gradient)
         # one collective: this rank's corrections and counters, summed over the ranks
         summed = _unpack(total(_pack(solved, config.num_subdomains)), start.numel(), config.num_subdomains)
         scale = 1.0 / config.num_subdomains if config.combine == "average" else 1.0
@@ -470,6 +485,21 @@ class APTS(RecordingOptimizer):
         self._record(info, radius, iterations=1, stage1_accepted=int(accepted), stage2_tries=global_step.tries,
                      stage2_floor_hits=int(not global_step.accepted))
         return torch.tensor(loss_value)
+
+
+    def _full_gradient(self, loss: Tensor, params: list[Tensor], start: Tensor, derivatives) -> Tensor:
+        """``grad L(theta_k)`` (summed over the processes) for coherent local objectives; the graph of
+        ``loss`` (eager) is kept for Stage II."""
+        if derivatives is not None:
+            gradient = derivatives.loss_and_grad(start)[1]
+        else:
+            with torch.enable_grad():
+                grads = torch.autograd.grad(loss, params, retain_graph=True)
+            gradient = torch.cat([g.reshape(-1) for g in grads])
+        gradient = self.communicator.all_reduce_sum(gradient.detach())
+        if not bool(torch.isfinite(gradient).all()):
+            raise FloatingPointError("non-finite gradient at the start of the APTS iteration")
+        return gradient
 
 
 def resolve_replicas(mode: str, device: torch.device, owned: int, local_retry: bool = False,

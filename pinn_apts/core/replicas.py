@@ -33,6 +33,7 @@ from .trust_region import (
 )
 
 __all__ = [
+    "CoherentDerivatives",
     "LocalSolveResult",
     "StackedDerivatives",
     "batched_local_solves",
@@ -49,6 +50,41 @@ class StackedDerivatives(Protocol):
     def loss_and_grad(self, flat: Tensor) -> tuple[Tensor, Tensor]: ...
 
     def hvp(self, flat: Tensor, v: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True)
+class CoherentDerivatives:
+    """``derivatives`` (one objective's, or stacked replicas') plus the linear term
+    ``shift . (flat - start)``: a local objective made first-order coherent with the full one
+    (its gradient at ``start`` is the full gradient); Hessian-vector products are unchanged."""
+
+    derivatives: FlatDerivatives | StackedDerivatives
+    shift: Tensor
+    start: Tensor
+
+    def _linear(self, flat: Tensor) -> Tensor:
+        return ((flat - self.start) * self.shift).sum(dim=-1)
+
+    def loss(self, flat: Tensor) -> Tensor:
+        return self.derivatives.loss(flat) + self._linear(flat)
+
+    def loss_and_grad(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        value, grad = self.derivatives.loss_and_grad(flat)
+        return value + self._linear(flat), grad + self.shift
+
+    def hvp(self, flat: Tensor, v: Tensor) -> Tensor:
+        return self.derivatives.hvp(flat, v)
+
+
+def _gradient(loss: Tensor, params: Sequence[Tensor]) -> Tensor:
+    with torch.enable_grad():
+        grads = torch.autograd.grad(loss, params)
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def _check_gradient(gradient: Tensor, replica: int) -> None:
+    if not bool(torch.isfinite(gradient).all()):
+        raise FloatingPointError(f"Stage I, replica {replica}: non-finite local gradient at theta_k")
 
 
 @dataclass
@@ -74,6 +110,7 @@ def local_solves(
     local_steps: int,
     local_retry: bool = False,
     derivatives: Callable[[int], FlatDerivatives | None] | None = None,
+    full_gradient: Tensor | None = None,
 ) -> LocalSolveResult:
     """Stage I's local solves, one replica after the other, on ``params`` in place.
 
@@ -82,6 +119,10 @@ def local_solves(
     radius.  ``params`` are restored to ``theta_k`` on return.  ``derivatives(d)``, if given,
     supplies replica ``d``'s loss, gradient and products as functions of the flat parameters
     (compiled) instead of the graph of ``local_loss(d)``.
+
+    ``full_gradient`` (``grad L(theta_k)``), if given, makes each replica's objective first-order
+    coherent with the full one: ``L_k^d(theta) + (grad L(theta_k) - grad L_k^d(theta_k)) . (theta -
+    theta_k)``, whose gradient at ``theta_k`` is ``grad L(theta_k)`` and whose Hessian is ``L_k^d``'s.
     """
     params = list(params)
     start = parameters_to_vector(params).detach().clone()
@@ -93,9 +134,18 @@ def local_solves(
             vector_to_parameters(start, params)
         loss = None  # each local step starts from the loss its predecessor left (same objective)
         flat = derivatives(d) if derivatives is not None else None
+        objective = partial(local_loss, d)
+        if full_gradient is not None:
+            local_gradient = flat.loss_and_grad(start)[1] if flat is not None else _gradient(objective(), params)
+            _check_gradient(local_gradient, d)
+            shift = full_gradient - local_gradient
+            if flat is not None:
+                flat = CoherentDerivatives(flat, shift, start)
+            else:
+                objective = partial(_coherent_loss, objective, params, shift, start)
         for j in range(local_steps):
             try:
-                info, loss = trust_region_step(lambda: local_loss(d), params, local_radius, config,
+                info, loss = trust_region_step(objective, params, local_radius, config,
                                                max_radius=local_cap, retry=local_retry, loss=loss, derivatives=flat)
             except FloatingPointError as err:
                 raise FloatingPointError(f"Stage I, replica {d}, local step {j + 1}: {err}") from err
@@ -115,6 +165,10 @@ def local_solves(
     return result
 
 
+def _coherent_loss(local: Callable[[], Tensor], params: Sequence[Tensor], shift: Tensor, start: Tensor) -> Tensor:
+    return local() + torch.dot(shift, parameters_to_vector(params) - start)
+
+
 def batched_local_solves(
     params: Sequence[Tensor],
     stacked_local: Callable[[Tensor], Tensor],
@@ -124,13 +178,15 @@ def batched_local_solves(
     local_steps: int,
     local_retry: bool = False,
     derivatives: StackedDerivatives | None = None,
+    full_gradient: Tensor | None = None,
 ) -> LocalSolveResult:
     """Stage I's local solves for all ``D`` replicas at once (same contract as ``local_solves``).
 
     ``stacked_local(flat)`` takes the parameters of ``replicas`` stacked as one ``(len(replicas), P)``
     tensor (each row in the order of ``params``) and returns their local losses, ``(len(replicas),)``.
     ``derivatives``, if given, supplies the losses, gradients and products instead of the graph of
-    ``stacked_local`` (compiled).  ``params`` (``theta_k``) are not modified.
+    ``stacked_local`` (compiled).  ``full_gradient``: first-order coherent local objectives, as
+    in :func:`local_solves`.  ``params`` (``theta_k``) are not modified.
     """
     num = len(replicas)
     theta = torch.cat([p.detach().reshape(-1) for p in params])
@@ -146,6 +202,21 @@ def batched_local_solves(
 
     if local_retry:
         raise ValueError("batched replicas take local_retry=False only (a rejected local step is one of the J)")
+    if full_gradient is not None:
+        start = current.clone()
+        if derivatives is not None:
+            local_gradient = derivatives.loss_and_grad(start)[1]
+        else:
+            loss, stacked = losses_at(start, graph=True)
+            local_gradient = _gradient(loss.sum(), [stacked]).view_as(start)
+        for i, d in enumerate(replicas):
+            _check_gradient(local_gradient[i], d)
+        shift = full_gradient - local_gradient
+        if derivatives is not None:
+            derivatives = CoherentDerivatives(derivatives, shift, start)
+        else:
+            plain = stacked_local
+            stacked_local = lambda flat: plain(flat) + ((flat - start) * shift).sum(dim=1)  # noqa: E731
     for j in range(local_steps):
         if derivatives is not None:
             loss_values, flat_grad = derivatives.loss_and_grad(current)

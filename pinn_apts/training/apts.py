@@ -54,6 +54,10 @@ class APTSPINN(PINNModule):
     stage1_search:
         Halve a rejected Stage I correction up to this many times, accepting the first
         ``theta_k + alpha s_bar`` that lowers the loss (default 0: the paper's single test).
+    coherent:
+        First-order coherent local objectives: each replica's gradient at ``theta_k`` is replaced
+        by the full gradient, its curvature kept (not in the paper; default ``False``; see
+        :class:`~pinn_apts.core.apts.APTSConfig`).
     compile:
         ``"on"``: take the trust-region steps on the compiled loss, gradient and Hessian-vector
         products (:mod:`pinn_apts.pde.compiled`; 1.6x faster per APTS iteration on the CPU, after
@@ -89,6 +93,7 @@ class APTSPINN(PINNModule):
         replicas: Literal["sequential", "batched", "auto"] = APTSConfig.replicas,
         stage1_radius: Literal["ratio", "decrease", "keep", "own"] = APTSConfig.stage1_radius,
         stage1_search: int = APTSConfig.stage1_search,
+        coherent: bool = APTSConfig.coherent,
         compile: Literal["auto", "on", "off"] = "auto",
         **kwargs,
     ) -> None:
@@ -99,7 +104,7 @@ class APTSPINN(PINNModule):
             num_subdomains=num_subdomains, local_steps=local_steps, radius=radius, max_radius=max_radius,
             min_radius=min_radius, eta1=eta1, eta2=eta2, shrink=shrink, grow=grow, cg_max_iter=cg_max_iter,
             damping=damping, cg_rtol=cg_rtol, combine=combine, local_retry=local_retry, replicas=replicas,
-            stage1_radius=stage1_radius, stage1_search=stage1_search,
+            stage1_radius=stage1_radius, stage1_search=stage1_search, coherent=coherent,
         )
         # validate now, with messages naming the parameter, rather than at fit time
         APTSConfig.from_mapping(self.optimizer_kwargs).trust_region.check_radius("radius", radius)
