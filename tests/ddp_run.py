@@ -21,11 +21,12 @@ if __name__ == "__main__":
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--problem", default="burgers")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--coherent", action="store_true", help="first-order coherent local objectives")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
     model = APTSPINN(problem=args.problem, num_subdomains=args.subdomains, replicas=args.replicas, seed=3,
-                     compile=args.compile)
+                     compile=args.compile, coherent=args.coherent)
     data = PINNDataModule(args.problem, seed=3, early_sizes=(400, 100, 40), late_sizes=(400, 50, 50))
     trainer = L.Trainer(
         max_steps=args.steps, precision="64-true", logger=False, enable_checkpointing=False,

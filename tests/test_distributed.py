@@ -15,20 +15,20 @@ from .conftest import FakeRank
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 
 
-def run(tmp_path, devices, replicas="sequential", subdomains=4):
-    out = tmp_path / f"w{devices}_{replicas}_{subdomains}.pt"
+def run(tmp_path, devices, replicas="sequential", subdomains=4, coherent=False):
+    out = tmp_path / f"w{devices}_{replicas}_{subdomains}_{coherent}.pt"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--devices", str(devices), "--replicas", replicas,
-         "--subdomains", str(subdomains), "--out", str(out)],
+         "--subdomains", str(subdomains), "--out", str(out), *(["--coherent"] if coherent else [])],
         capture_output=True, text=True, timeout=600,
     )
     return proc, out
 
 
-@pytest.mark.parametrize("replicas", ["sequential", "batched"])
-def test_two_processes_match_one(tmp_path, replicas):
-    one, out1 = run(tmp_path, 1, replicas)
-    two, out2 = run(tmp_path, 2, replicas)
+@pytest.mark.parametrize("replicas, coherent", [("sequential", False), ("batched", False), ("sequential", True)])
+def test_two_processes_match_one(tmp_path, replicas, coherent):
+    one, out1 = run(tmp_path, 1, replicas, coherent=coherent)
+    two, out2 = run(tmp_path, 2, replicas, coherent=coherent)
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = torch.load(out1), torch.load(out2)
