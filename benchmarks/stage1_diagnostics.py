@@ -2,15 +2,17 @@
 
 Usage::
 
-    python benchmarks/stage1_diagnostics.py PROBLEM ITERATIONS     # e.g. burgers 150
+    python benchmarks/stage1_diagnostics.py PROBLEM ITERATIONS [OPTION=VALUE ...]
+    python benchmarks/stage1_diagnostics.py burgers 150 coherent=True stage1_search=3
 
 APTS D = 4, sequential replicas, eager, seed 0, on the schedule of a 2000-iteration run (the
 paper's curriculum). For the first 20 iterations, up to half of them and the rest, prints the
 Stage I acceptance, the median ``apts/replica_coherence`` (``|sum_d s_d|^2 / (D sum_d |s_d|^2)``:
 1 when the replicas' corrections agree, 1/D = 0.25 when orthogonal) over all, accepted and
 rejected iterations, and the median of the longest replica correction over ``Delta_k``.
+``OPTION=VALUE`` pairs are APTS settings (Python literals), e.g. ``stage1_radius='own'``.
 """
-import sys, statistics, torch
+import ast, sys, statistics, torch
 from pinn_apts.core.apts import APTS
 from pinn_apts.pde.model import MLP
 from pinn_apts.pde.objective import PINNObjective
@@ -19,7 +21,8 @@ from pinn_apts.pde.sampling import CollocationSampler
 torch.set_num_threads(1); torch.set_default_dtype(torch.float64)
 name, n = sys.argv[1], int(sys.argv[2])  # problem, outer iterations
 problem = get_problem(name); sampler = CollocationSampler(problem, total_iterations=2000, seed=0)
-net = MLP(seed=0); opt = APTS(net.parameters(), num_subdomains=4, replicas="sequential")
+options = {k: ast.literal_eval(v) for k, v in (a.split("=", 1) for a in sys.argv[3:])}
+net = MLP(seed=0); opt = APTS(net.parameters(), num_subdomains=4, replicas="sequential", **options)
 rows = []
 for k in range(n):
     radius = opt.radius  # Delta_k
