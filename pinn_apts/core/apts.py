@@ -176,8 +176,8 @@ class APTSStepInfo:
     replica_coherence: float = math.nan
     #: ``alpha`` of the accepted trial step ``theta_k + alpha s_bar`` (0: rejected; see ``stage1_search``)
     stage1_step: float = math.nan
-    #: ``Delta_I`` after Stage I, with ``stage1_radius="own"`` (else NaN)
-    stage1_own_radius: float = math.nan
+    #: ``Delta_I`` after Stage I, with ``stage1_radius="own"`` (else None)
+    stage1_own_radius: float | None = None
 
     def to_state(self) -> dict:
         return {**asdict(self), "local_reasons": {r.value: n for r, n in self.local_reasons.items()},
@@ -207,7 +207,7 @@ class APTSStepInfo:
             "time/stage1": self.stage1_seconds,
             "time/stage2": self.stage2_seconds,
         }
-        if math.isfinite(self.stage1_own_radius):
+        if self.stage1_own_radius is not None:
             metrics["apts/stage1_own_radius"] = self.stage1_own_radius
         metrics.update({f"apts/local_stop/{r.value}": self.local_reasons.get(r, 0) / local for r in StopReason})
         return metrics
@@ -469,7 +469,7 @@ class APTS(RecordingOptimizer):
             stage1_radius=stage1_radius,
             correction_norm=float(correction.norm()),
             stage1_step=alpha if accepted else 0.0,
-            stage1_own_radius=self.stage1_own_radius if own else math.nan,
+            stage1_own_radius=self.stage1_own_radius if own else None,
             max_replica_norm=max(summed.correction_norms.values()),
             local_accepted=summed.local_accepted,
             local_steps=summed.local_steps,
