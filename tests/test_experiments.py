@@ -9,6 +9,23 @@ from pinn_apts.paper.provenance import source_state
 from pinn_apts.training.cli import CONFIG_DIR
 
 
+def test_an_interrupted_run_writes_no_results_file(tmp_path, monkeypatch):
+    """A fit stopped early (a SIGTERM or Ctrl-C makes Lightning shut down gracefully and return) is no
+    result: once such a file was written with 380 of 2000 iterations as if complete."""
+    from pinn_apts.training.module import PINNModule
+
+    original = PINNModule.on_train_batch_end
+
+    def stop(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.trainer.should_stop = True
+
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", stop)
+    with pytest.raises(RuntimeError, match=r"stopped after 1 of 3 outer iterations"):
+        run_one("heat", "adam", 0, 3, tmp_path / "out", CONFIG_DIR, tmp_path / "logs")
+    assert not list((tmp_path / "out").glob("*"))
+
+
 def test_run_writes_curves_and_is_skipped_when_done(tmp_path):
     out, logs = tmp_path / "results", tmp_path / "logs"
     target = run_one("heat", "apts_d2", 1, 4, out, CONFIG_DIR, logs)

@@ -95,7 +95,8 @@ def batch_run_args(config: Path | str, seed: int, iterations: int, root: Path | 
 def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, config_dir: Path,
             log_root: Path = Path("lightning_logs/experiments"), schedule: int | None = None,
             replace: bool = False, compile: str | None = None, name: str | None = None) -> Path:
-    """Train one cell of the matrix and write its results file (unless it exists, or ``replace``).
+    """Train one cell of the matrix and write its results file (unless it exists, or ``replace``);
+    a run that stops before ``iterations`` (interrupted) raises ``RuntimeError`` and writes none.
 
     TensorBoard logs go to ``log_root/<problem>_<method>_s<seed>`` (not meant for git).
     ``schedule``: see :func:`batch_run_args`.  ``compile`` (``"on"``, ``"off"``; TR and APTS only)
@@ -123,6 +124,11 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule)
     wall = time.perf_counter() - start
+    done = cli.trainer.global_step
+    if done < iterations or cli.trainer.interrupted:
+        # an interrupted fit (SIGTERM, Ctrl-C: Lightning shuts down gracefully) returns normally
+        raise RuntimeError(f"{target.name}: the run stopped after {done} of {iterations} outer iterations "
+                           "(interrupted?); no results file written, the next run of the matrix redoes it")
     model = cli.model
     final = {k: float(v) for k, v in model.solution_errors().items()}
     optimizer = cli.trainer.optimizers[0]
