@@ -433,7 +433,7 @@ class APTS(RecordingOptimizer):
         alpha = 1.0
         for halvings in range(config.stage1_search + 1):  # theta_k + alpha s_bar, alpha = 1, 1/2, ...
             with torch.no_grad():
-                vector_to_parameters(start + correction if halvings == 0 else start + alpha * correction, params)
+                vector_to_parameters(start + alpha * correction, params)  # alpha = 1: bit for bit s_bar
             with graph:
                 trial = closure()
             trial_value = float(total(trial.detach()))
@@ -485,7 +485,6 @@ class APTS(RecordingOptimizer):
         self._record(info, radius, iterations=1, stage1_accepted=int(accepted), stage2_tries=global_step.tries,
                      stage2_floor_hits=int(not global_step.accepted))
         return torch.tensor(loss_value)
-
 
     def _full_gradient(self, loss: Tensor, params: list[Tensor], start: Tensor, derivatives) -> Tensor:
         """``grad L(theta_k)`` (summed over the processes) for coherent local objectives; the graph of
