@@ -63,7 +63,7 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .distributed import Communicator, replicas_of_rank
 from .optim import RecordingOptimizer, StepInfo, check_compile, offered, trust_region_step
-from .replicas import LocalSolveResult, batched_local_solves, local_solves
+from .replicas import LocalSolveResult, batched_local_solves, flat_gradient, local_solves
 from .trust_region import DEFAULT_RADIUS, StopReason, TrustRegionConfig, reduction_ratio, update_radius
 
 __all__ = ["APTS", "APTSConfig", "APTSObjective", "APTSStepInfo", "APTSTotals", "Objective", "resolve_replicas"]
@@ -490,12 +490,10 @@ class APTS(RecordingOptimizer):
         """``grad L(theta_k)`` (summed over the processes) for coherent local objectives; the graph of
         ``loss`` (eager) is kept for Stage II."""
         if derivatives is not None:
-            gradient = derivatives.loss_and_grad(start)[1]
+            gradient = derivatives.loss_and_grad(start)[1].detach()
         else:
-            with torch.enable_grad():
-                grads = torch.autograd.grad(loss, params, retain_graph=True)
-            gradient = torch.cat([g.reshape(-1) for g in grads])
-        gradient = self.communicator.all_reduce_sum(gradient.detach())
+            gradient = flat_gradient(loss, params, retain_graph=True)
+        gradient = self.communicator.all_reduce_sum(gradient)
         if not bool(torch.isfinite(gradient).all()):
             raise FloatingPointError("non-finite gradient at the start of the APTS iteration")
         return gradient

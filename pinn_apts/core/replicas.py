@@ -76,10 +76,11 @@ class CoherentDerivatives:
         return self.derivatives.hvp(flat, v)
 
 
-def _gradient(loss: Tensor, params: Sequence[Tensor]) -> Tensor:
+def flat_gradient(loss: Tensor, params: Sequence[Tensor], retain_graph: bool = False) -> Tensor:
+    """``grad loss`` with respect to ``params`` as one detached flat vector (no graph of its own)."""
     with torch.enable_grad():
-        grads = torch.autograd.grad(loss, params)
-    return torch.cat([g.reshape(-1) for g in grads])
+        grads = torch.autograd.grad(loss, params, retain_graph=retain_graph)
+    return torch.cat([g.reshape(-1) for g in grads]).detach()
 
 
 def _check_gradient(gradient: Tensor, replica: int) -> None:
@@ -136,13 +137,19 @@ def local_solves(
         flat = derivatives(d) if derivatives is not None else None
         objective = partial(local_loss, d)
         if full_gradient is not None:
-            local_gradient = flat.loss_and_grad(start)[1] if flat is not None else _gradient(objective(), params)
+            if flat is not None:
+                local_gradient = flat.loss_and_grad(start)[1]
+            else:
+                with torch.enable_grad():
+                    local_value = objective()
+                local_gradient = flat_gradient(local_value, params, retain_graph=True)  # the graph serves step 1
             _check_gradient(local_gradient, d)
             shift = full_gradient - local_gradient
             if flat is not None:
                 flat = CoherentDerivatives(flat, shift, start)
             else:
                 objective = partial(_coherent_loss, objective, params, shift, start)
+                loss = _coherent_loss(lambda: local_value, params, shift, start)  # at theta_k, evaluated once
         for j in range(local_steps):
             try:
                 info, loss = trust_region_step(objective, params, local_radius, config,
@@ -166,7 +173,8 @@ def local_solves(
 
 
 def _coherent_loss(local: Callable[[], Tensor], params: Sequence[Tensor], shift: Tensor, start: Tensor) -> Tensor:
-    return local() + torch.dot(shift, parameters_to_vector(params) - start)
+    with torch.enable_grad():
+        return local() + torch.dot(shift, parameters_to_vector(params) - start)
 
 
 def batched_local_solves(
@@ -208,7 +216,7 @@ def batched_local_solves(
             local_gradient = derivatives.loss_and_grad(start)[1]
         else:
             loss, stacked = losses_at(start, graph=True)
-            local_gradient = _gradient(loss.sum(), [stacked]).view_as(start)
+            local_gradient = flat_gradient(loss.sum(), [stacked]).view_as(start)
         for i, d in enumerate(replicas):
             _check_gradient(local_gradient[i], d)
         shift = full_gradient - local_gradient
