@@ -263,3 +263,18 @@ def test_rank_tests_separate_methods_only_beyond_the_spread():
     assert "| 3 / 3 | 0.1 | 0.1 | within the spread |" in rank_tests(groups(3, [1.0, 2.0, 3.0]))
     # interleaved samples do not differ
     assert "within the spread" in rank_tests(groups(10, [0.01 * (1.5 + s) for s in range(10)]))
+
+
+def test_provenance_table_names_each_source_of_the_files():
+    from pinn_apts.paper.report import provenance_table
+
+    source = {"commit": "a" * 40, "dirty": False, "torch": "2.13.0+cpu", "device": "cpu", "threads": 1}
+    groups = {
+        ("burgers", "adam"): [{**synthetic("adam", s, 0.1), "provenance": source} for s in (0, 1, 2)],
+        ("burgers", "tr"): [{**synthetic("tr", 0, 0.1), "provenance": {**source, "dirty": True}}],
+        ("heat", "adam"): [{**synthetic("adam", 4, 0.1), "problem": "heat"}],  # written before provenance
+    }
+    table = provenance_table(groups)
+    assert "| burgers | aaaaaaaaaa | yes | 2.13.0+cpu | cpu | 1 | 3 | 0, 1, 2 |" in table
+    assert "| burgers | aaaaaaaaaa | no | 2.13.0+cpu | cpu | 1 | 1 | 0 |" in table
+    assert "| heat | not recorded | — | — | — | — | 1 | 4 |" in table

@@ -22,7 +22,7 @@ import numpy as np
 
 __all__ = [
     "PAPER_ACCEPTANCE", "acceptance_table", "curve", "curve_band", "late_mean", "load_results", "plot_curves",
-    "plot_heatmaps", "milestone_table", "rank_tests", "render_document", "resampling_peaks", "resampling_table",
+    "plot_heatmaps", "milestone_table", "provenance_table", "rank_tests", "render_document", "resampling_peaks", "resampling_table",
     "robust_tables", "summary_tables", "update_document",
 ]
 
@@ -249,6 +249,26 @@ def milestone_table(groups: dict[tuple[str, str], list[dict]], key: str = "error
     return "\n".join(lines) + "\n"
 
 
+def provenance_table(groups: dict[tuple[str, str], list[dict]]) -> str:
+    """Where the results files come from: per PDE and distinct (commit, clean tree, torch, device,
+    threads), how many files and which seeds; files written before provenance was recorded say so."""
+    made: dict[tuple, list[dict]] = defaultdict(list)
+    for (problem, _), records in groups.items():
+        for record in records:
+            source = record.get("provenance") or {}
+            commit = source.get("commit")
+            key = (problem, commit[:10] if commit else "not recorded",
+                   {True: "no", False: "yes"}.get(source.get("dirty"), "—"), source.get("torch", "—"),
+                   source.get("device", "—"), str(source.get("threads", "—")))
+            made[key].append(record)
+    lines = ["| PDE | commit | clean tree | torch | device | threads | files | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
+    for key in sorted(made):
+        seeds = sorted({r["seed"] for r in made[key]})
+        lines.append("| " + " | ".join(key) + f" | {len(made[key])} | {', '.join(map(str, seeds))} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_document(text: str, groups: dict[tuple[str, str], list[dict]], period: int = 10) -> str:
     """``text`` with what lies between the report markers replaced by the current tables.
 
@@ -260,6 +280,7 @@ def render_document(text: str, groups: dict[tuple[str, str], list[dict]], period
     _, tail = rest.split(END, 1)
     runs = sum(len(v) for v in groups.values())
     body = (f"\n\n_Generated from {runs} results files in `results/`._\n\n"
+            f"### Where the results files come from\n\n{provenance_table(groups)}\n"
             f"### Final errors, loss, acceptance, timing (mean ± std over seeds)\n\n{summary_tables(groups)}\n"
             f"### Final error and the last 10% of the run: median and interquartile range\n\n{robust_tables(groups)}\n"
             "### Which differences exceed the spread over seeds (two-sided Mann-Whitney U, final error; "
@@ -387,6 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     groups = load_results(args.results)
     if not groups:
         raise SystemExit(f"no results files in {args.results}")
+    print(provenance_table(groups))
     print(summary_tables(groups))
     print(robust_tables(groups))
     print(rank_tests(groups))
