@@ -73,6 +73,39 @@ def test_compiled_stacked_losses_gradients_and_products_are_the_eager_ones(itera
     assert torch.allclose(compiled.hvp(rows, v), product, rtol=0, atol=1e-11 * float(product.norm()))
 
 
+@pytest.mark.parametrize("part", [None, 1])
+def test_gauss_newton_products_are_those_of_the_residuals_jacobian(part):
+    """``curvature="gauss_newton"``: the loss is the sum of squares of the weighted residual vector,
+    and the product is ``2 J^T J v``, positive semi-definite, unlike the Hessian's."""
+    net, objective = objective_at(8)
+    theta = parameters_to_vector(net.parameters()).detach()
+    v = torch.randn(theta.shape, generator=torch.Generator().manual_seed(4))
+    hessian, gauss_newton = objective.compiled(part), objective.compiled(part, curvature="gauss_newton")
+    functions, data = gauss_newton.functions, gauss_newton.data
+    residuals = functions._residuals
+    assert float(residuals(theta, *data).square().sum()) == pytest.approx(float(hessian.loss(theta)), rel=1e-13)
+    jacobian = torch.func.jacrev(lambda x: residuals(x, *data))(theta)
+    expected = 2 * jacobian.T @ (jacobian @ v)
+    product = gauss_newton.hvp(theta, v)
+    assert torch.allclose(product, expected, rtol=0, atol=1e-11 * float(expected.norm()))
+    assert not torch.allclose(product, hessian.hvp(theta, v), rtol=1e-3, atol=0)  # the Hessian differs
+    assert gauss_newton.loss_and_grad(theta)[1].equal(hessian.loss_and_grad(theta)[1])
+    assert functions.failed is None  # compiled, not the eager fallback
+    with pytest.raises(ValueError, match="curvature must be one of 'hessian', 'gauss_newton', got 'newton'"):
+        objective.compiled(part, curvature="newton")
+
+
+def test_stacked_gauss_newton_products_are_each_replicas_own():
+    net, objective = objective_at(8, num_subdomains=3)
+    theta = parameters_to_vector(net.parameters()).detach()
+    rows = theta + 0.01 * torch.randn(3, theta.numel(), generator=torch.Generator().manual_seed(2))
+    v = torch.randn(rows.shape, generator=torch.Generator().manual_seed(3))
+    stacked = objective.compiled_stacked(curvature="gauss_newton").hvp(rows, v)
+    for i, d in enumerate(objective.replicas):
+        own = objective.compiled(d, curvature="gauss_newton").hvp(rows[i], v[i])
+        assert torch.allclose(stacked[i], own, rtol=0, atol=1e-11 * float(own.norm()))
+
+
 def test_compiled_share_sums_to_the_full_loss():
     shares = [objective_at(communicator=FakeRank(rank, 3))[1].compiled() for rank in range(3)]
     net, objective = objective_at(num_subdomains=3)

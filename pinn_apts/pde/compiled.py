@@ -10,7 +10,10 @@ compilation serves the local and the full objectives and both curriculum phases)
 - ``loss_and_grad(flat, data)``: ``torch.func.grad_and_value``;
 - ``hvp(flat, v, data)``: the derivative of the gradient along ``v`` (reverse over reverse,
   ``torch.func.vjp`` of ``torch.func.grad``): the whole product fused into a few kernels
-  instead of a double backward through a retained graph.
+  instead of a double backward through a retained graph;
+- ``gnvp(flat, v, data)``: the Gauss–Newton product ``2 J^T J v`` of the weighted residual vector
+  whose sum of squares is the loss (``torch.func.jvp``, then ``vjp``): the Hessian without the
+  residuals' own curvature, positive semi-definite (APTS's ``local_curvature="gauss_newton"``).
 
 Measured on the 2-core development CPU (float64, one thread, Burgers, the late curriculum
 phase): a product of the full loss 4.4 ms compiled against 9.2 ms eager (``benchmarks/hvp_cost.py``),
@@ -38,7 +41,7 @@ from .jet import MLPJet
 from .loss import residual_of
 from .problems import PDEProblem
 
-__all__ = ["CompiledDerivatives", "CompiledPINNLoss", "LossData", "compiled_pinn_loss"]
+__all__ = ["CURVATURES", "CompiledDerivatives", "CompiledPINNLoss", "LossData", "compiled_pinn_loss"]
 
 
 class LossData(NamedTuple):
@@ -58,6 +61,10 @@ class LossData(NamedTuple):
     boundary_weight: Tensor
 
 
+#: the curvature a :class:`CompiledDerivatives`' products use, and the function that gives them
+CURVATURES = {"hessian": "hvp", "gauss_newton": "gnvp"}
+
+
 class CompiledDerivatives:
     """One objective's compiled loss, gradient and Hessian-vector products on ``data``.
 
@@ -68,9 +75,14 @@ class CompiledDerivatives:
     of ``(R, P)``, with losses ``(R,)``.
     """
 
-    def __init__(self, functions: CompiledPINNLoss, data: LossData, stacked: bool = False) -> None:
+    def __init__(self, functions: CompiledPINNLoss, data: LossData, stacked: bool = False,
+                 curvature: str = "hessian") -> None:
+        if curvature not in CURVATURES:
+            raise ValueError(f"curvature must be one of {', '.join(map(repr, CURVATURES))}, got {curvature!r}")
         self.functions, self.data = functions, data
         self.prefix = "stacked_" if stacked else ""
+        #: the products :meth:`hvp` gives: the Hessian's or the Gauss–Newton matrix's
+        self.product = CURVATURES[curvature]
 
     def loss(self, flat: Tensor) -> Tensor:
         return self.functions.call(self.prefix + "loss", flat, *self.data)
@@ -80,7 +92,7 @@ class CompiledDerivatives:
         return value, grad
 
     def hvp(self, flat: Tensor, v: Tensor) -> Tensor:
-        return self.functions.call(self.prefix + "hvp", flat, v, *self.data)
+        return self.functions.call(self.prefix + self.product, flat, v, *self.data)
 
 
 class CompiledPINNLoss:
@@ -103,6 +115,8 @@ class CompiledPINNLoss:
             "stacked_loss": self._stacked_loss,
             "stacked_loss_and_grad": self._stacked_loss_and_grad,
             "stacked_hvp": partial(self._product, self._stacked_total),
+            "gnvp": partial(self._gauss_newton, self._residuals),
+            "stacked_gnvp": partial(self._gauss_newton, self._stacked_residuals),
         }
         self.eager: dict[str, Callable] = eager
         self.compiled: dict[str, Callable] = {
@@ -119,6 +133,28 @@ class CompiledPINNLoss:
         return (d.interior_weight * residual.square().sum()
                 + d.initial_weight * (out[:n_ic] - d.initial_values).square().sum()
                 + d.boundary_weight * (out[n_ic:] - d.boundary_values).square().sum())
+
+    def _residuals(self, flat: Tensor, *data: Tensor) -> Tensor:
+        """The weighted residuals whose sum of squares is :meth:`_loss`: ``sqrt(weight) * r`` of every
+        interior, initial and boundary point, one vector."""
+        return self._stacked_residuals(flat.unsqueeze(0), *data).squeeze(0)
+
+    def _stacked_residuals(self, flat: Tensor, *data: Tensor) -> Tensor:
+        """The ``R`` replicas' weighted residual vectors, ``(R, M)``: the sum of squares of row ``i``
+        is :meth:`_stacked_loss`'s entry ``i`` (``interior_weight`` ``(R, size)`` or a scalar)."""
+        d = LossData(*data)
+        count = flat.shape[0]
+        chunks = [c.reshape(count, *shape)
+                  for c, shape in zip(flat.split([math.prod(s) for s in self.shapes], dim=1), self.shapes)]
+        weights, biases = chunks[0::2], chunks[1::2]
+        interior = d.interior if d.interior.dim() == 3 else d.interior.expand(count, *d.interior.shape)
+        residual = residual_of(self.problem, MLPJet(weights, biases, interior)).squeeze(-1)
+        out = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u.squeeze(-1)
+        n_ic = d.initial.shape[0]
+        return torch.cat([d.interior_weight.sqrt() * residual,
+                          d.initial_weight.sqrt() * (out[:, :n_ic] - d.initial_values.squeeze(-1)),
+                          d.boundary_weight.sqrt() * (out[:, n_ic:] - d.boundary_values.squeeze(-1))
+                          ], dim=1)
 
     def _stacked_loss(self, flat: Tensor, *data: Tensor) -> Tensor:
         """The ``R`` replicas' local losses, ``(R,)``, at their parameters ``flat`` ``(R, P)``."""
@@ -154,6 +190,17 @@ class CompiledPINNLoss:
         _, product = torch.func.vjp(lambda x: torch.func.grad(total)(x, *data), flat)
         return product(v)[0]
 
+    @staticmethod
+    def _gauss_newton(residuals: Callable[..., Tensor], flat: Tensor, v: Tensor, *data: Tensor) -> Tensor:
+        """``2 J^T J v``, ``J`` the Jacobian of ``residuals`` at ``flat``: the Gauss–Newton part of the
+        Hessian of their sum of squares (of each replica's, block by block, when stacked)."""
+        def of(x: Tensor) -> Tensor:
+            return residuals(x, *data)
+
+        _, jv = torch.func.jvp(of, (flat,), (v,))
+        _, pull = torch.func.vjp(of, flat)
+        return 2 * pull(jv)[0]
+
     def call(self, name: str, *args: Tensor):
         """``name``'s compiled function on ``args``; the eager one if compilation failed (warned once)."""
         if self.failed is None:
@@ -168,10 +215,12 @@ class CompiledPINNLoss:
                 )
         return self.eager[name](*args)
 
-    def derivatives(self, data: LossData, stacked: bool = False) -> CompiledDerivatives | None:
-        """The functions on ``data`` (of ``R`` stacked replicas if ``stacked``), or ``None`` once
-        compilation has failed (use the eager graph path)."""
-        return None if self.failed is not None else CompiledDerivatives(self, data, stacked)
+    def derivatives(self, data: LossData, stacked: bool = False,
+                    curvature: str = "hessian") -> CompiledDerivatives | None:
+        """The functions on ``data`` (of ``R`` stacked replicas if ``stacked``; products of the
+        ``curvature``, see :data:`CURVATURES`), or ``None`` once compilation has failed (use the eager
+        graph path)."""
+        return None if self.failed is not None else CompiledDerivatives(self, data, stacked, curvature)
 
 
 _CACHE: dict[tuple, CompiledPINNLoss] = {}
