@@ -289,6 +289,21 @@ def test_stage1_own_radius_moves_alone_and_bounds_the_replicas():
     assert "apts/stage1_own_radius" not in keep.last_step.metrics()  # only where Stage I has its own
 
 
+def test_a_state_saved_before_a_setting_existed_loads_with_its_default():
+    """An optimizer state from an older version lacks the settings added since (``coherent``,
+    ``stage1_search``, ``local_curvature``): it loads, and they take their defaults, the behaviour
+    of the code that saved it (once a KeyError on resume)."""
+    x = torch.zeros(2, dtype=torch.float64, requires_grad=True)
+    state = APTS([x], num_subdomains=2, local_steps=2).state_dict()
+    for name in ("coherent", "stage1_search", "local_curvature"):
+        del state["param_groups"][0][name]
+    twin = APTS([x], num_subdomains=3, coherent=True, stage1_search=2)
+    twin.load_state_dict(state)
+    config = twin.config
+    assert (config.num_subdomains, config.local_steps) == (2, 2)  # from the state
+    assert (config.coherent, config.stage1_search, config.local_curvature) == (False, 0, "hessian")
+
+
 def test_stage1_search_halves_an_overshooting_correction():
     def run(search):
         x = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)

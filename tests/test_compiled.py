@@ -106,6 +106,54 @@ def test_stacked_gauss_newton_products_are_each_replicas_own():
         assert torch.allclose(stacked[i], own, rtol=0, atol=1e-11 * float(own.norm()))
 
 
+def test_gauss_newton_local_curvature_solves_the_replicas_subproblems_with_it():
+    """``local_curvature="gauss_newton"``: with D = J = 1 Stage I is one trust-region step on the full
+    loss with Gauss-Newton products; batched replicas take the same steps as sequential ones."""
+    from pinn_apts.core.optim import trust_region_step
+    from pinn_apts.core.trust_region import TrustRegionConfig
+
+    def stage1(curvature):
+        net, objective = objective_at(8, num_subdomains=1)
+        opt = APTS(net.parameters(), num_subdomains=1, local_steps=1, radius=0.3, compile=True,
+                   local_curvature=curvature)
+        opt.step(objective)
+        return opt.last_step
+
+    twin, reference_objective = objective_at(8, num_subdomains=1)
+    reference, _ = trust_region_step(reference_objective.full, list(twin.parameters()), 0.3, TrustRegionConfig(),
+                                     max_radius=0.3, retry=False,
+                                     derivatives=reference_objective.compiled(curvature="gauss_newton"))
+    gauss_newton, hessian = stage1("gauss_newton"), stage1("hessian")
+    assert gauss_newton.stage1_loss == pytest.approx(reference.new_loss, rel=1e-12)
+    assert gauss_newton.correction_norm == pytest.approx(reference.step_norm, rel=1e-10)
+    assert gauss_newton.local_cg_iterations == reference.cg_iterations
+    assert gauss_newton.correction_norm != pytest.approx(hessian.correction_norm, rel=1e-3)
+    # batched replicas: the same iterates, to rounding
+    thetas = {}
+    for replicas in ("sequential", "batched"):
+        net, _ = objective_at(num_subdomains=3)
+        problem = get_problem("heat")
+        sampler = CollocationSampler(problem, 10, curriculum=SMALL, seed=0)
+        opt = APTS(net.parameters(), num_subdomains=3, radius=0.5, compile=True, replicas=replicas,
+                   local_curvature="gauss_newton")
+        for k in range(3):
+            opt.step(PINNObjective(net, problem, sampler.batch(k), 3))
+        thetas[replicas] = parameters_to_vector(net.parameters()).detach()
+    assert (thetas["sequential"] - thetas["batched"]).abs().max() <= 1e-10
+
+
+def test_gauss_newton_local_curvature_needs_compiled_derivatives():
+    net, objective = objective_at(num_subdomains=2)
+    opt = APTS(net.parameters(), num_subdomains=2, local_curvature="gauss_newton")  # compile=False
+    with pytest.raises(ValueError, match="local_curvature='gauss_newton' needs the objective's compiled derivatives"):
+        opt.step(objective)
+    with pytest.raises(ValueError, match="local_curvature='gauss_newton' needs compile 'on' or 'auto'"):
+        APTSPINN(problem="heat", local_curvature="gauss_newton", compile="off")
+    assert APTSPINN(problem="heat", local_curvature="gauss_newton").compile_mode == "on"
+    with pytest.raises(ValueError, match="local_curvature must be 'hessian' or 'gauss_newton', got 'newton'"):
+        APTSPINN(problem="heat", local_curvature="newton")
+
+
 def test_compiled_share_sums_to_the_full_loss():
     shares = [objective_at(communicator=FakeRank(rank, 3))[1].compiled() for rank in range(3)]
     net, objective = objective_at(num_subdomains=3)

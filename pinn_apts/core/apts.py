@@ -45,6 +45,9 @@ researcher would vary them):
   to ``Delta_k / J``).  With ``local_retry`` a rejected local step is retried at once with the
   smaller radius instead of using up one of the ``J`` steps.
 - *Combination.*  ``combine="average"`` (paper) or ``"sum"`` (the additive-Schwarz form).
+- *Local curvature.*  ``local_curvature="gauss_newton"`` (not in the paper) solves the replicas'
+  subproblems with Gauss–Newton products ``2 J^T J v`` of their residuals instead of Hessian-vector
+  products (Stage II keeps the Hessian); it needs the objective's compiled derivatives.
 - *Loss reuse.*  The loss of the acceptance test, at ``theta_{k+1/2}``, starts Stage II, so
   the full loss is evaluated once less per iteration; nothing in the results changes.
 """
@@ -55,6 +58,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from typing import Literal, Protocol
 
 import torch
@@ -101,6 +105,12 @@ class APTSConfig:
         Halvings of a rejected combined correction: the trial steps are ``theta_k + alpha s_bar``
         with ``alpha = 1, 1/2, ..., 2**-stage1_search``, the first that lowers the full loss is
         accepted (0, the paper: ``alpha = 1`` only).
+    local_curvature:
+        The curvature of the replicas' subproblems: ``"hessian"`` (the paper) or ``"gauss_newton"``
+        (``2 J^T J`` of the local objective's residuals: positive semi-definite, without the
+        residuals' own second derivatives; Stage II keeps the Hessian).  Gauss–Newton products are
+        offered by the objective's compiled derivatives only (``compile=True``, the package's PINN
+        objective).
     trust_region:
         The constants of the global and the local trust-region steps (defaults: the paper's).
     """
@@ -113,6 +123,7 @@ class APTSConfig:
     stage1_radius: Literal["ratio", "decrease", "keep", "own"] = "keep"
     stage1_search: int = 0
     coherent: bool = False
+    local_curvature: Literal["hessian", "gauss_newton"] = "hessian"
     trust_region: TrustRegionConfig = TrustRegionConfig()
 
     def __post_init__(self) -> None:
@@ -132,6 +143,9 @@ class APTSConfig:
         search = self.stage1_search
         if isinstance(search, bool) or not isinstance(search, int) or not 0 <= search <= 30:
             raise ValueError(f"stage1_search must be an integer in [0, 30], got {search!r}")
+        if self.local_curvature not in ("hessian", "gauss_newton"):
+            raise ValueError(
+                f"local_curvature must be 'hessian' or 'gauss_newton', got {self.local_curvature!r}")
         if self.replicas == "batched" and self.local_retry:
             raise ValueError("local_retry must be False with replicas='batched'")
 
@@ -143,8 +157,11 @@ class APTSConfig:
 
     @classmethod
     def from_mapping(cls, mapping: Mapping) -> APTSConfig:
-        """The config held flat in ``mapping`` (an optimizer's parameter group), other keys ignored."""
-        own = {f.name: mapping[f.name] for f in fields(cls) if f.name != "trust_region"}
+        """The config held flat in ``mapping`` (an optimizer's parameter group), other keys ignored.
+
+        A setting the mapping lacks takes its default: the state of an optimizer saved before the
+        setting existed (a checkpoint of an older version) ran with what is now the default."""
+        own = {f.name: mapping.get(f.name, f.default) for f in fields(cls) if f.name != "trust_region"}
         return cls(**own, trust_region=TrustRegionConfig.from_mapping(mapping))
 
 
@@ -279,7 +296,8 @@ class APTS(RecordingOptimizer):
     ----------
     params:
         Parameters ``theta`` (one group).
-    num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius, stage1_search, coherent:
+    num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius, stage1_search, coherent, \
+    local_curvature:
         See :class:`APTSConfig`.
     radius:
         Initial radius ``Delta_0`` (default 1.0, in ``[min_radius, max_radius]``).
@@ -331,13 +349,14 @@ class APTS(RecordingOptimizer):
         stage1_radius: Literal["ratio", "decrease", "keep", "own"] = APTSConfig.stage1_radius,
         stage1_search: int = APTSConfig.stage1_search,
         coherent: bool = APTSConfig.coherent,
+        local_curvature: Literal["hessian", "gauss_newton"] = APTSConfig.local_curvature,
         communicator: Communicator | None = None,
         compile: bool = False,
     ) -> None:
         tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
         tr.check_radius("radius", radius)
         config = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius,
-                            stage1_search, coherent, trust_region=tr)
+                            stage1_search, coherent, local_curvature, trust_region=tr)
         super().__init__(params, config.flat(), radius)
         self.state[self.key]["stage1_own_radius"] = float(radius)
         self.communicator = communicator or Communicator()
@@ -412,6 +431,14 @@ class APTS(RecordingOptimizer):
         t0 = time.perf_counter()
         global_derivatives = offered(objective, "compiled", self.compile)
         compiled = objective.compiled if global_derivatives is not None else None  # then per replica too
+        local_curvature = config.local_curvature
+        if local_curvature != "hessian":
+            if compiled is None:
+                raise ValueError(
+                    f"local_curvature={local_curvature!r} needs the objective's compiled derivatives: compile=True "
+                    "(APTSPINN: compile 'on' or 'auto') and an objective that offers them (the package's PINNObjective "
+                    "with its MLP)")
+            compiled = partial(objective.compiled, curvature=local_curvature)
         graph = torch.enable_grad() if compiled is None else torch.no_grad()  # compiled: no graph needed
         with graph:
             loss = closure()
@@ -420,7 +447,8 @@ class APTS(RecordingOptimizer):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
         full_gradient = self._full_gradient(loss, params, start, global_derivatives) if config.coherent else None
         if mode == "batched":
-            stacked = offered(objective, "compiled_stacked", compiled is not None)
+            stacked = (offered(objective, "compiled_stacked", compiled is not None) if local_curvature == "hessian"
+                       else objective.compiled_stacked(curvature=local_curvature))
             solved = batched_local_solves(params, local, stage1_delta, tr, replicas, config.local_steps,
                                           derivatives=stacked, full_gradient=full_gradient)
         else:
