@@ -432,13 +432,14 @@ class APTS(RecordingOptimizer):
         global_derivatives = offered(objective, "compiled", self.compile)
         compiled = objective.compiled if global_derivatives is not None else None  # then per replica too
         local_curvature = config.local_curvature
-        if local_curvature != "hessian":
+        curvature = {} if local_curvature == "hessian" else {"curvature": local_curvature}  # the paper's: none
+        if curvature:
             if compiled is None:
                 raise ValueError(
                     f"local_curvature={local_curvature!r} needs the objective's compiled derivatives: compile=True "
                     "(APTSPINN: compile 'on' or 'auto') and an objective that offers them (the package's PINNObjective "
                     "with its MLP)")
-            compiled = partial(objective.compiled, curvature=local_curvature)
+            compiled = partial(objective.compiled, **curvature)
         graph = torch.enable_grad() if compiled is None else torch.no_grad()  # compiled: no graph needed
         with graph:
             loss = closure()
@@ -447,8 +448,7 @@ class APTS(RecordingOptimizer):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
         full_gradient = self._full_gradient(loss, params, start, global_derivatives) if config.coherent else None
         if mode == "batched":
-            stacked = (offered(objective, "compiled_stacked", compiled is not None) if local_curvature == "hessian"
-                       else objective.compiled_stacked(curvature=local_curvature))
+            stacked = offered(objective, "compiled_stacked", compiled is not None, **curvature)
             solved = batched_local_solves(params, local, stage1_delta, tr, replicas, config.local_steps,
                                           derivatives=stacked, full_gradient=full_gradient)
         else:

@@ -217,11 +217,11 @@ def _finite_loss(value: float) -> float:
     return value
 
 
-def offered(objective: object, method: str, wanted: bool) -> object | None:
-    """``objective.<method>()`` (e.g. its compiled derivatives) when ``wanted`` and the objective has
-    the method; ``None`` otherwise, or when the method itself gives ``None`` (not available)."""
+def offered(objective: object, method: str, wanted: bool, **kwargs) -> object | None:
+    """``objective.<method>(**kwargs)`` (e.g. its compiled derivatives) when ``wanted`` and the objective
+    has the method; ``None`` otherwise, or when the method itself gives ``None`` (not available)."""
     make = getattr(objective, method, None) if wanted else None
-    return make() if callable(make) else None
+    return make(**kwargs) if callable(make) else None
 
 
 def check_compile(compile: bool) -> bool:

@@ -144,9 +144,7 @@ class CompiledPINNLoss:
         is :meth:`_stacked_loss`'s entry ``i`` (``interior_weight`` ``(R, size)`` or a scalar)."""
         d = LossData(*data)
         count = flat.shape[0]
-        chunks = [c.reshape(count, *shape)
-                  for c, shape in zip(flat.split([math.prod(s) for s in self.shapes], dim=1), self.shapes)]
-        weights, biases = chunks[0::2], chunks[1::2]
+        weights, biases = self._stacked_layers(flat)
         interior = d.interior if d.interior.dim() == 3 else d.interior.expand(count, *d.interior.shape)
         residual = residual_of(self.problem, MLPJet(weights, biases, interior)).squeeze(-1)
         out = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u.squeeze(-1)
@@ -156,13 +154,17 @@ class CompiledPINNLoss:
                           d.boundary_weight.sqrt() * (out[:, n_ic:] - d.boundary_values.squeeze(-1))
                           ], dim=1)
 
-    def _stacked_loss(self, flat: Tensor, *data: Tensor) -> Tensor:
-        """The ``R`` replicas' local losses, ``(R,)``, at their parameters ``flat`` ``(R, P)``."""
-        d = LossData(*data)
+    def _stacked_layers(self, flat: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The layers' weights ``(R, out, in)`` and biases ``(R, out)`` of ``R`` stacked flat parameter rows."""
         count = flat.shape[0]
         chunks = [c.reshape(count, *shape)
                   for c, shape in zip(flat.split([math.prod(s) for s in self.shapes], dim=1), self.shapes)]
-        weights, biases = chunks[0::2], chunks[1::2]
+        return chunks[0::2], chunks[1::2]
+
+    def _stacked_loss(self, flat: Tensor, *data: Tensor) -> Tensor:
+        """The ``R`` replicas' local losses, ``(R,)``, at their parameters ``flat`` ``(R, P)``."""
+        d = LossData(*data)
+        weights, biases = self._stacked_layers(flat)
         residual = residual_of(self.problem, MLPJet(weights, biases, d.interior)).squeeze(-1)
         out = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u.squeeze(-1)
         n_ic = d.initial.shape[0]
