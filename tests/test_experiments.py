@@ -265,6 +265,26 @@ def test_rank_tests_separate_methods_only_beyond_the_spread():
     assert "within the spread" in rank_tests(groups(10, [0.01 * (1.5 + s) for s in range(10)]))
 
 
+def test_rank_tests_count_what_chance_gives_over_many_pairs():
+    from pinn_apts.paper.report import rank_tests
+
+    # six methods, 15 pairs: five interleaved with each other, one far below them all
+    methods = ["adam", "lbfgs", "lbfgs_wolfe", "tr", "apts_d2", "apts_d4"]
+    groups = {("heat", m): [synthetic(m, s, 1.0 + s + 0.1 * i) for s in range(6)] for i, m in enumerate(methods[:5])}
+    groups[("heat", "apts_d4")] = [synthetic("apts_d4", s, 0.01 * (1 + s)) for s in range(6)]
+    table = rank_tests(groups)
+    assert table.count("APTS D=4 lower") == 5
+    assert ("- heat: 15 pairs tested, 5 with p < 0.05 on the final error; if no two methods differed, about 0.75 "
+            "would by chance. 5 hold after the Benjamini-Hochberg correction") in table
+    # five methods, each a little above the last: only the two ends differ (p = 0.015), and among
+    # ten pairs that one verdict does not survive the correction
+    table = rank_tests({("heat", m): [synthetic(m, s, 1.0 + s + 0.8 * i) for s in range(6)]
+                        for i, m in enumerate(methods[:5])})
+    assert table.count(" lower |") == 1
+    assert "- heat: 10 pairs tested, 1 with p < 0.05 on the final error; if no two methods differed, about 0.5" in table
+    assert "0 hold after the Benjamini-Hochberg correction" in table
+
+
 def test_provenance_table_names_each_source_of_the_files():
     from pinn_apts.paper.report import provenance_table
 
