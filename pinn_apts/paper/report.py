@@ -4,8 +4,8 @@
 
 Prints one Markdown table per PDE (final relative L2 and RMSE as mean ± std over seeds, final
 loss, Stage I acceptance rate, mean Stage II tries, seconds per iteration) and draws figures
-like the paper's Figures 1-3: error and loss against outer iteration, mean over seeds with a
-min-max band, one row per PDE, one figure per D; and like its Figure 4: the pointwise error of
+like the paper's Figures 1-3: error and loss against outer iteration, median over seeds with an
+interquartile band, one row per PDE, one figure per D; and like its Figure 4: the pointwise error of
 the final networks of APTS D = 4, Adam and L-BFGS over each PDE's domain.
 """
 
@@ -317,14 +317,20 @@ def update_document(path: Path, groups: dict[tuple[str, str], list[dict]]) -> No
 
 
 def curve_band(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Steps, mean, min and max over seeds of one curve (on the steps all seeds share)."""
+    """Steps, median, lower and upper quartile over seeds of one curve (on the steps all seeds share).
+
+    Median and quartiles, not mean and range: on Burgers one seed in ten can end an order of
+    magnitude above the others, and a mean or a min-max band then shows that seed, not the method.
+    Quartiles interpolate linearly between seeds (with two seeds they lie a quarter of the way
+    in from each)."""
     series = [curve(r, key) for r in records]
     steps = sorted(set.intersection(*(set(s) for s in series))) if series else []
     values = np.array([[s[k] for k in steps] for s in series], dtype=float)
     if not steps:
         empty = np.array([])
         return empty, empty, empty, empty
-    return np.array(steps), values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+    low, median, high = np.percentile(values, [25, 50, 75], axis=0)
+    return np.array(steps), median, low, high
 
 
 AXIS_HEADROOM = 10.0
@@ -334,7 +340,8 @@ so it does not squash the others."""
 
 
 def plot_curves(groups: dict[tuple[str, str], list[dict]], apts_method: str, path: Path | None = None):
-    """Figures 1-3 of the paper: for each PDE, error and loss vs outer iteration, mean with a min-max band."""
+    """Figures 1-3 of the paper: for each PDE, error and loss vs outer iteration, the median over
+    seeds with an interquartile band (:func:`curve_band`)."""
     from matplotlib.figure import Figure  # no pyplot: no backend or global figure state
 
     problems = _problems(groups)
@@ -347,11 +354,11 @@ def plot_curves(groups: dict[tuple[str, str], list[dict]], apts_method: str, pat
             bands = {m: band for m, band in bands.items() if len(band[0])}
             if not bands:
                 continue
-            top = AXIS_HEADROOM * max(mean[0] for _, mean, _, _ in bands.values())
-            for method, (steps, mean, low, high) in bands.items():
+            top = AXIS_HEADROOM * max(median[0] for _, median, _, _ in bands.values())
+            for method, (steps, median, low, high) in bands.items():
                 name = LABELS[method] + (f" (off scale: up to {high.max():.0e})" if high.max() > top else "")
                 color = f"C{methods.index(method)}"  # a method keeps its colour in every panel and figure
-                ax.plot(steps, mean, label=name, lw=1.2, color=color)
+                ax.plot(steps, median, label=name, lw=1.2, color=color)
                 ax.fill_between(steps, low, high, color=color, alpha=0.2, lw=0)
             ax.set_yscale("log")
             ax.set_ylim(top=min(ax.get_ylim()[1], top))
