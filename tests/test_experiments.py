@@ -293,6 +293,22 @@ def test_rank_tests_count_what_chance_gives_over_many_pairs():
     assert "0 hold after the Benjamini-Hochberg correction" in table
 
 
+def test_comparison_table_sets_another_configuration_beside_the_matrix():
+    from pinn_apts.paper.report import comparison_table
+
+    matrix = {("burgers", "apts_d4"): [synthetic("apts_d4", s, 1.0 + s) for s in range(10)],
+              ("burgers", "tr"): [synthetic("tr", s, 0.01 * (1 + s) + 1.0) for s in range(10)],
+              ("heat", "tr"): [synthetic("tr", s, 1.0) for s in range(3)]}
+    variant = {("burgers", "apts_d4"): [synthetic("apts_d4", s, 0.01 * (1 + s)) for s in range(10)]}
+    table = comparison_table(matrix, variant, "Gauss-Newton")
+    rows = [line for line in table.splitlines() if line.startswith("| burgers")]
+    assert rows[0].startswith("| burgers | APTS D=4, Gauss-Newton | 10 | 0.055 [0.0325, 0.0775] | — |")
+    # every variant run below every matrix run: p = 2 / C(20, 10); the matrix's rows are its own
+    assert rows[1] == ("| burgers | APTS D=4 | 10 | 5.5 [3.25, 7.75] | 1.1e-05 | 5.5 [3.25, 7.75] | 1.1e-05 |")
+    assert rows[2].startswith("| burgers | TR | 10 |") and "| 1.1e-05 |" in rows[2]
+    assert len(rows) == 3 and "| heat |" not in table  # only the variant's PDEs
+
+
 def test_provenance_table_names_each_source_of_the_files():
     from pinn_apts.paper.report import provenance_table
 

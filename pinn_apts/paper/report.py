@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "PAPER_ACCEPTANCE", "acceptance_table", "curve", "curve_band", "late_mean", "load_results", "plot_curves",
+    "PAPER_ACCEPTANCE", "acceptance_table", "comparison_table", "curve", "curve_band", "late_mean", "load_results", "plot_curves",
     "plot_heatmaps", "milestone_table", "provenance_table", "rank_tests", "render_document", "resampling_peaks", "resampling_table",
     "robust_tables", "summary_tables", "update_document",
 ]
@@ -146,6 +146,41 @@ def robust_tables(groups: dict[tuple[str, str], list[dict]]) -> str:
     return "\n".join(lines)
 
 
+def _final(record: dict) -> float:
+    return record["final_rel_l2"]
+
+
+def _mann_whitney(xa: list[float | None], xb: list[float | None]) -> float | None:
+    """Two-sided Mann-Whitney U p-value (exact without ties up to 40 runs); ``None`` if a value is missing or NaN."""
+    from scipy.stats import mannwhitneyu
+
+    if any(v is None or v != v for v in xa + xb):
+        return None
+    exact = len(set(xa + xb)) == len(xa + xb) and len(xa + xb) <= 40  # no ties, small samples
+    return float(mannwhitneyu(xa, xb, alternative="two-sided", method="exact" if exact else "asymptotic").pvalue)
+
+
+def comparison_table(groups: dict[tuple[str, str], list[dict]], variant: dict[tuple[str, str], list[dict]],
+                     label: str) -> str:
+    """A variant's runs (another configuration in its own folder, e.g. ``results/gauss_newton/``) beside
+    the matrix's: per PDE and method of the variant, its final error and last-10% mean as median [IQR],
+    then each matrix method of that PDE with the same statistics and the two-sided Mann-Whitney p
+    against the variant."""
+    fmt = lambda p: "—" if p is None else f"{p:.2g}"  # noqa: E731
+    lines = ["| PDE | method | seeds | final rel. L2: median [IQR] | p against the variant "
+             "| last 10%: median [IQR] | p against the variant |", "|---|---|---|---|---|---|---|"]
+    for (problem, method), runs in sorted(variant.items()):
+        final, late = [_final(r) for r in runs], [late_mean(r) for r in runs]
+        lines.append(f"| {problem} | {LABELS[method]}, {label} | {len(runs)} | {_median_iqr(final)} | — "
+                     f"| {_median_iqr(late)} | — |")
+        for _, other, records in _rows(groups, problem):
+            other_final, other_late = [_final(r) for r in records], [late_mean(r) for r in records]
+            lines.append(f"| {problem} | {LABELS[other]} | {len(records)} | {_median_iqr(other_final)} "
+                         f"| {fmt(_mann_whitney(final, other_final))} | {_median_iqr(other_late)} "
+                         f"| {fmt(_mann_whitney(late, other_late))} |")
+    return "\n".join(lines) + "\n"
+
+
 def rank_tests(groups: dict[tuple[str, str], list[dict]], alpha: float = 0.05) -> str:
     """Which methods differ by more than the spread over seeds: per problem and pair of methods,
     the two-sided Mann-Whitney U test (exact without ties up to 40 runs) on the final relative L2 error and
@@ -153,7 +188,7 @@ def rank_tests(groups: dict[tuple[str, str], list[dict]], alpha: float = 0.05) -
     differ at ``alpha = 0.05``, which is the point of the test.  Each PDE's many pairs are also
     counted: how many verdicts chance alone would give, and how many survive the Benjamini-Hochberg
     correction of the final-error p-values."""
-    from scipy.stats import false_discovery_control, mannwhitneyu
+    from scipy.stats import false_discovery_control
 
     lines = ["| PDE | method A | method B | seeds | final rel. L2: p | last 10%: p | verdict |",
              "|---|---|---|---|---|---|---|"]
@@ -166,15 +201,10 @@ def rank_tests(groups: dict[tuple[str, str], list[dict]], alpha: float = 0.05) -
                 if len(ra) < 2 or len(rb) < 2:
                     continue
                 tests = []
-                for summary in (lambda r: r["final_rel_l2"], late_mean):
+                for summary in (_final, late_mean):
                     xa = [summary(r) for r in ra]
                     xb = [summary(r) for r in rb]
-                    if any(v is None or v != v for v in xa + xb):
-                        tests.append((None, xa, xb))
-                        continue
-                    exact = len(set(xa + xb)) == len(xa + xb) and len(xa + xb) <= 40  # no ties, small samples
-                    p = mannwhitneyu(xa, xb, alternative="two-sided", method="exact" if exact else "asymptotic").pvalue
-                    tests.append((float(p), xa, xb))
+                    tests.append((_mann_whitney(xa, xb), xa, xb))
                 p_final, xa, xb = tests[0]
                 p_late = tests[1][0]
                 if p_final is not None:
@@ -426,6 +456,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--update", type=Path, default=None,
                         help="rewrite the tables between the report markers of this Markdown file")
     parser.add_argument("--figures", type=Path, default=None, help="write apts_d{2,4,8}.png and heatmaps.png here")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="a folder of another configuration's runs (e.g. results/gauss_newton): print them beside "
+                             "the matrix's, with rank tests")
+    parser.add_argument("--label", default=None, help="the other configuration's name in that table (default: the folder's)")
     args = parser.parse_args(argv)
     groups = load_results(args.results)
     if not groups:
@@ -438,6 +472,11 @@ def main(argv: list[str] | None = None) -> None:
     print(milestone_table(groups))
     print(milestone_table(groups, "loss/total"))
     print(resampling_table(groups))
+    if args.compare is not None:
+        variant = load_results(args.compare)
+        if not variant:
+            raise SystemExit(f"no results files in {args.compare}")
+        print(comparison_table(groups, variant, args.label or args.compare.name))
     if args.update is not None:
         update_document(args.update, groups)
     if args.figures is not None:
