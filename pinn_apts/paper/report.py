@@ -119,6 +119,15 @@ def late_mean(record: dict, key: str = "error/rel_l2", fraction: float = 0.1) ->
     return statistics.fmean(late) if late else None
 
 
+def _summaries(records: list[dict]) -> tuple[list[float], list[float | None]]:
+    """The final relative L2 error and its last-10% mean (:func:`late_mean`) of each run."""
+    return [r["final_rel_l2"] for r in records], [late_mean(r) for r in records]
+
+
+def _p(p: float | None) -> str:
+    return "—" if p is None else f"{p:.2g}"
+
+
 def _median_iqr(values: list[float | None], fmt: str = ".3g") -> str:
     values = [v for v in values if v is not None and v == v]
     if not values:
@@ -138,16 +147,11 @@ def robust_tables(groups: dict[tuple[str, str], list[dict]]) -> str:
                   "| method | seeds | final rel. L2: median [IQR] | mean ± std | last 10%: median [IQR] | mean ± std |",
                   "|---|---|---|---|---|---|"]
         for _, method, records in _rows(groups, problem):
-            final = [r["final_rel_l2"] for r in records]
-            late = [late_mean(r) for r in records]
+            final, late = _summaries(records)
             lines.append(f"| {LABELS[method]} | {len(records)} | {_median_iqr(final)} | {_mean_std(final)} "
                          f"| {_median_iqr(late)} | {_mean_std(late)} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def _final(record: dict) -> float:
-    return record["final_rel_l2"]
 
 
 def _mann_whitney(xa: list[float | None], xb: list[float | None]) -> float | None:
@@ -166,18 +170,17 @@ def comparison_table(groups: dict[tuple[str, str], list[dict]], variant: dict[tu
     the matrix's: per PDE and method of the variant, its final error and last-10% mean as median [IQR],
     then each matrix method of that PDE with the same statistics and the two-sided Mann-Whitney p
     against the variant."""
-    fmt = lambda p: "—" if p is None else f"{p:.2g}"  # noqa: E731
     lines = ["| PDE | method | seeds | final rel. L2: median [IQR] | p against the variant "
              "| last 10%: median [IQR] | p against the variant |", "|---|---|---|---|---|---|---|"]
     for (problem, method), runs in sorted(variant.items()):
-        final, late = [_final(r) for r in runs], [late_mean(r) for r in runs]
+        final, late = _summaries(runs)
         lines.append(f"| {problem} | {LABELS[method]}, {label} | {len(runs)} | {_median_iqr(final)} | — "
                      f"| {_median_iqr(late)} | — |")
         for _, other, records in _rows(groups, problem):
-            other_final, other_late = [_final(r) for r in records], [late_mean(r) for r in records]
+            other_final, other_late = _summaries(records)
             lines.append(f"| {problem} | {LABELS[other]} | {len(records)} | {_median_iqr(other_final)} "
-                         f"| {fmt(_mann_whitney(final, other_final))} | {_median_iqr(other_late)} "
-                         f"| {fmt(_mann_whitney(late, other_late))} |")
+                         f"| {_p(_mann_whitney(final, other_final))} | {_median_iqr(other_late)} "
+                         f"| {_p(_mann_whitney(late, other_late))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -200,23 +203,16 @@ def rank_tests(groups: dict[tuple[str, str], list[dict]], alpha: float = 0.05) -
             for _, b, rb in rows[i + 1:]:
                 if len(ra) < 2 or len(rb) < 2:
                     continue
-                tests = []
-                for summary in (_final, late_mean):
-                    xa = [summary(r) for r in ra]
-                    xb = [summary(r) for r in rb]
-                    tests.append((_mann_whitney(xa, xb), xa, xb))
-                p_final, xa, xb = tests[0]
-                p_late = tests[1][0]
+                (final_a, late_a), (final_b, late_b) = _summaries(ra), _summaries(rb)
+                p_final, p_late = _mann_whitney(final_a, final_b), _mann_whitney(late_a, late_b)
+                verdict = "within the spread"
                 if p_final is not None:
                     p_values.append(p_final)
-                if p_final is not None and p_final < alpha:
-                    lower = LABELS[a] if statistics.median(xa) < statistics.median(xb) else LABELS[b]
-                    verdict = f"{lower} lower"
-                else:
-                    verdict = "within the spread"
-                fmt = lambda p: "—" if p is None else f"{p:.2g}"  # noqa: E731
-                lines.append(f"| {problem} | {LABELS[a]} | {LABELS[b]} | {len(ra)} / {len(rb)} | {fmt(p_final)} "
-                             f"| {fmt(p_late)} | {verdict} |")
+                    if p_final < alpha:
+                        lower = LABELS[a] if statistics.median(final_a) < statistics.median(final_b) else LABELS[b]
+                        verdict = f"{lower} lower"
+                lines.append(f"| {problem} | {LABELS[a]} | {LABELS[b]} | {len(ra)} / {len(rb)} | {_p(p_final)} "
+                             f"| {_p(p_late)} | {verdict} |")
     lines.append("")
     for problem, p_values in tested.items():
         if not p_values:
