@@ -309,6 +309,23 @@ def test_comparison_table_sets_another_configuration_beside_the_matrix():
     assert len(rows) == 3 and "| heat |" not in table  # only the variant's PDEs
 
 
+@pytest.mark.parametrize("files, message", [
+    ({"a.json": synthetic("tr", 0, 0.1), "b.json": synthetic("tr", 0, 0.2)}, "b.json and a.json are both burgers tr seed 0"),
+    ({"a.json": synthetic("tr", 0, 0.1), "b.json": synthetic("tr", 1, 0.1, iterations=50)},
+     "burgers tr: runs of 50, 100 outer iterations"),
+    ({"a.json": {**synthetic("tr", 0, 0.1), "iterations": 200}}, "a.json: its error curve ends at outer iteration 99 of 200"),
+])
+def test_the_report_refuses_a_folder_whose_statistics_would_mislead(tmp_path, files, message):
+    from pinn_apts.paper.report import load_results
+
+    for name, record in files.items():
+        (tmp_path / name).write_text(json.dumps(record))
+    with pytest.raises(ValueError, match=message):
+        load_results(tmp_path)
+    (tmp_path / "a.json").unlink()  # what is left is one run per seed, of one length: it loads
+    assert sum(len(group) for group in load_results(tmp_path).values()) == len(files) - 1
+
+
 def test_provenance_table_names_each_source_of_the_files():
     from pinn_apts.paper.report import provenance_table
 

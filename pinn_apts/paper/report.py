@@ -45,13 +45,33 @@ BEGIN, END = "<!-- report:begin (python -m pinn_apts.paper.report --update docs/
 
 
 def load_results(folder: Path) -> dict[tuple[str, str], list[dict]]:
-    """Results files grouped by (problem, method), each group sorted by seed."""
+    """Results files grouped by (problem, method), each group sorted by seed.
+
+    The statistics pool a group's runs as samples of one experiment, so a folder they would
+    mislead on is refused (``ValueError`` naming the files): two files of one seed, runs of one
+    group with different numbers of outer iterations, or a file whose error curve stops before
+    its ``iterations`` (a run cut short).
+    """
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    names: dict[tuple[str, str, int], str] = {}
     for path in sorted(Path(folder).glob("*.json")):
         record = json.loads(path.read_text())
+        key = record["problem"], record["method"], record["seed"]
+        if key in names:
+            raise ValueError(f"{path.name} and {names[key]} are both {key[0]} {key[1]} seed {key[2]}: "
+                             "keep one, or the seed counts twice")
+        names[key] = path.name
+        last = max(curve(record, "error/rel_l2"), default=None)
+        if last is not None and last != record["iterations"] - 1:
+            raise ValueError(f"{path.name}: its error curve ends at outer iteration {last} of "
+                             f"{record['iterations']} (a run cut short?)")
         groups[record["problem"], record["method"]].append(record)
-    for records in groups.values():
+    for (problem, method), records in groups.items():
         records.sort(key=lambda r: r["seed"])
+        lengths = sorted({r["iterations"] for r in records})
+        if len(lengths) > 1:
+            raise ValueError(f"{problem} {method}: runs of {', '.join(map(str, lengths))} outer iterations "
+                             f"in {folder}; a group's statistics need runs of one length")
     return dict(groups)
 
 
@@ -457,7 +477,11 @@ def main(argv: list[str] | None = None) -> None:
                              "the matrix's, with rank tests")
     parser.add_argument("--label", default=None, help="the other configuration's name in that table (default: the folder's)")
     args = parser.parse_args(argv)
-    groups = load_results(args.results)
+    try:
+        groups = load_results(args.results)
+        variant = load_results(args.compare) if args.compare is not None else None
+    except ValueError as err:
+        raise SystemExit(f"report: {err}") from None
     if not groups:
         raise SystemExit(f"no results files in {args.results}")
     print(provenance_table(groups))
@@ -468,8 +492,7 @@ def main(argv: list[str] | None = None) -> None:
     print(milestone_table(groups))
     print(milestone_table(groups, "loss/total"))
     print(resampling_table(groups))
-    if args.compare is not None:
-        variant = load_results(args.compare)
+    if variant is not None:
         if not variant:
             raise SystemExit(f"no results files in {args.compare}")
         print(comparison_table(groups, variant, args.label or args.compare.name))
