@@ -30,6 +30,14 @@ def test_repo_configs_are_the_packaged_ones():
             assert f"{pde}_{method}.yaml" in names
 
 
+@pytest.mark.parametrize("pde", ["burgers", "heat", "laplace"])
+def test_gauss_newton_configs_are_the_papers_but_for_the_local_curvature(pde):
+    paper = yaml.safe_load((CONFIG_DIR / f"{pde}_apts_d4.yaml").read_text())
+    variant = yaml.safe_load((CONFIG_DIR / "gauss_newton" / f"{pde}_apts_d4.yaml").read_text())
+    assert variant["model"]["init_args"].pop("local_curvature") == "gauss_newton"
+    assert variant == paper and "local_curvature" not in paper["model"]["init_args"]
+
+
 def test_default_config_fit_overrides(tmp_path):
     cli = cli_main(["fit", *quiet(tmp_path, "--trainer.max_steps=3")])
     assert type(cli.model).__name__ == "APTSPINN" and cli.model.num_subdomains == 4
