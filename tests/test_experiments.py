@@ -344,10 +344,14 @@ def test_provenance_table_names_each_source_of_the_files():
 COMMITTED = Path(__file__).resolve().parents[1] / "results"
 
 
-@pytest.mark.parametrize("name", ["burgers_lbfgs_wolfe_s0.json", "burgers_apts_d4_s0.json", "burgers_adam_s3.json"])
-def test_a_committed_results_file_reruns_bit_for_bit(tmp_path, name):
-    """The shipped code reproduces the committed matrix: the first 5 outer iterations of a committed
-    run (APTS compiled, as the file says), rerun from its record, give its curves bit for bit.
+@pytest.mark.parametrize("name, configs", [
+    ("burgers_lbfgs_wolfe_s0.json", CONFIG_DIR), ("burgers_apts_d4_s0.json", CONFIG_DIR), ("burgers_adam_s3.json", CONFIG_DIR),
+    ("gauss_newton/burgers_apts_d4_s0.json", CONFIG_DIR / "gauss_newton"),
+])
+def test_a_committed_results_file_reruns_bit_for_bit(tmp_path, name, configs):
+    """The shipped code reproduces the committed matrix and the Gauss-Newton runs: the first 5 outer
+    iterations of a committed run (APTS compiled, as the file says), rerun from its record with the
+    configs it was made with, give its curves bit for bit.
     Bitwise equality is promised on the torch build and CPU kind that made the file; elsewhere the
     test says why it does not apply."""
     from pinn_apts.paper.provenance import provenance
@@ -359,14 +363,15 @@ def test_a_committed_results_file_reruns_bit_for_bit(tmp_path, name):
                if made.get(key) != here[key]}
     if differs:
         pytest.skip(f"{name} was made elsewhere (file, here): {differs}")
-    assert check_rerun(path, 5, CONFIG_DIR, tmp_path) == {"loss/total": 0.0, "error/rel_l2": 0.0}
+    assert check_rerun(path, 5, configs, tmp_path) == {"loss/total": 0.0, "error/rel_l2": 0.0}
 
 
-@pytest.mark.parametrize("problem", ["burgers"])  # Heat and Laplace: rerun pending (issue 16)
+# one glob per experiment: each PDE's matrix, and the Gauss-Newton runs; Heat and Laplace: rerun pending (issue 16)
+@pytest.mark.parametrize("problem", ["burgers_*", "gauss_newton/*"])
 def test_committed_results_come_from_one_clean_commit_of_main(problem):
-    records = [json.loads(path.read_text()) for path in COMMITTED.glob(f"{problem}_*.json")]
+    records = [json.loads(path.read_text()) for path in COMMITTED.glob(f"{problem}.json")]
     commits = {record.get("provenance", {}).get("commit") for record in records}
-    assert len(commits) == 1 and None not in commits, f"{problem}: files from {commits}"
+    assert records and len(commits) == 1 and None not in commits, f"{problem}: files from {commits}"
     assert not any(record["provenance"]["dirty"] for record in records)
     (commit,) = commits
     if source_state()["commit"] is None:
