@@ -5,7 +5,7 @@ Usage::
     python benchmarks/apts_speed.py [--problem burgers] [--subdomains 4] [--iterations 40]
                                     [--warmup 5] [--threads 1] [--dtype float64]
                                     [--replicas sequential|batched] [--compile on|off]
-                                    [--interior N]
+                                    [--interior N] [--local-curvature hessian|gauss_newton]
 
 Runs the Lightning-free core (``pinn_apts.core.apts.APTS``) on the paper's set-up for a run of
 ``warmup + iterations`` outer iterations: the curriculum's first 30% with (1000, 800, 50)
@@ -47,6 +47,8 @@ def main() -> None:
     parser.add_argument("--interior", type=int, default=None, help="interior points (default: the paper's 1000)")
     parser.add_argument("--compile", default="on", choices=["on", "off"],
                         help="compiled loss, gradient and Hessian-vector products (default on)")
+    parser.add_argument("--local-curvature", default="hessian", choices=["hessian", "gauss_newton"],
+                        help="the replicas' subproblems' curvature (default the paper's Hessian)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -61,7 +63,8 @@ def main() -> None:
     switch = sampler.curriculum.switch_iteration(total)
     device = torch.device(args.device)
     net = MLP(seed=0).to(device)
-    opt = APTS(net.parameters(), num_subdomains=args.subdomains, replicas=args.replicas, compile=args.compile == "on")
+    opt = APTS(net.parameters(), num_subdomains=args.subdomains, replicas=args.replicas, compile=args.compile == "on",
+               local_curvature=args.local_curvature)
     stage1, stage2, whole, phase = [], [], [], []
     warmup_start = time.perf_counter()
     for k in range(total):
@@ -82,7 +85,7 @@ def main() -> None:
             whole.append(elapsed)
             phase.append("early" if k < switch else "late")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"APTS D={args.subdomains} ({args.replicas}, compile {args.compile}) on {args.problem}, {args.device}, "
+    print(f"APTS D={args.subdomains} ({args.replicas}, compile {args.compile}, {args.local_curvature}) on {args.problem}, {args.device}, "
           f"{args.dtype}, {args.threads} thread(s), {args.iterations} iterations after {args.warmup} warm-up "
           f"({warmup_seconds:.1f} s)")
     for label, sizes in (("early", sampler.curriculum.early), ("late", sampler.curriculum.late)):
