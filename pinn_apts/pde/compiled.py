@@ -20,7 +20,11 @@ phase): a product of the full loss 4.4 ms compiled against 9.2 ms eager (``bench
 an APTS iteration 1.6x faster; compiling costs about 80 s once per process with an empty kernel
 cache and 10-15 s once inductor's cache holds the kernels.  A loss that cannot be compiled (an
 operation ``torch.compile`` does not support in a user's residual, no C++ compiler, an old
-torch) falls back to the eager functions with one warning.
+torch) falls back to the eager functions with one warning.  So does a process that compiles
+the losses of many problems or layouts: past torch.compile's recompile limit
+(``torch._dynamo.config.recompile_limit``, 8) compilation fails, and ``local_curvature="gauss_newton"``,
+whose products exist compiled only, then refuses to run (seen in the test suite; one run per process,
+as the experiment runner does, never gets there).
 
 The functions depend only on the architecture, the problem and the dtype, so they are kept
 per (problem, layer sizes) for the life of the process (:func:`compiled_pinn_loss`).
