@@ -373,11 +373,11 @@ def test_a_committed_results_file_reruns_bit_for_bit(tmp_path, name, configs):
 
 
 # one glob per experiment: each PDE's matrix, and the Gauss-Newton runs; Heat and Laplace: rerun pending (issue 16)
-@pytest.mark.parametrize("problem", ["burgers_*", "gauss_newton/*"])
-def test_committed_results_come_from_one_clean_commit_of_main(problem):
-    records = [json.loads(path.read_text()) for path in COMMITTED.glob(f"{problem}.json")]
+@pytest.mark.parametrize("pattern", ["burgers_*", "gauss_newton/*"])
+def test_committed_results_come_from_one_clean_commit_of_main(pattern):
+    records = [json.loads(path.read_text()) for path in COMMITTED.glob(f"{pattern}.json")]
     commits = {record.get("provenance", {}).get("commit") for record in records}
-    assert records and len(commits) == 1 and None not in commits, f"{problem}: files from {commits}"
+    assert records and len(commits) == 1 and None not in commits, f"{pattern}: files from {commits}"
     assert not any(record["provenance"]["dirty"] for record in records)
     (commit,) = commits
     if source_state()["commit"] is None:
@@ -386,4 +386,4 @@ def test_committed_results_come_from_one_clean_commit_of_main(problem):
     if git("rev-parse", "--is-shallow-repository").stdout.strip() == "true" and git("cat-file", "-e", commit).returncode:
         pytest.skip(f"a shallow clone without commit {commit[:12]}: cannot tell whether it is in this history")
     ancestor = git("merge-base", "--is-ancestor", commit, "HEAD")
-    assert ancestor.returncode == 0, f"{problem}: commit {commit[:12]} is not in this checkout's history"
+    assert ancestor.returncode == 0, f"{pattern}: commit {commit[:12]} is not in this checkout's history"
