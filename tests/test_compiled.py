@@ -268,3 +268,19 @@ def test_compiled_functions_are_shared_by_equal_problems():
     assert compiled_pinn_loss(get_problem("heat"), (2, 20, 20, 20, 1)) is first
     assert compiled_pinn_loss(get_problem("heat", kappa=0.5), (2, 20, 20, 20, 1)) is not first
     assert isinstance(first, CompiledPINNLoss) and isinstance(get_problem("heat"), PDEProblem)
+
+
+def test_losses_past_torch_compiles_recompile_limit_still_compile():
+    # Every loss compiles the same code objects, so the losses of several problems in one process
+    # share torch.compile's per-code-object recompile limit; a limit of 1 makes the second loss reach it.
+    net, objective = objective_at()
+    theta, data = parameters_to_vector(net.parameters()).detach(), objective.compiled().data
+    problems = [type(f"Heat{i}", (Heat,), {})() for i in range(3)]  # new classes: new compilations
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for problem in problems:
+            functions = CompiledPINNLoss(problem, (2, 20, 20, 20, 1))
+            value = functions.call("loss", theta, *data)
+            assert functions.failed is None  # compiled, not fallen back to eager
+            assert functions.derivatives(data, curvature="gauss_newton") is not None
+            assert float(value) == pytest.approx(float(objective.full()), rel=1e-13)
+        assert torch._dynamo.config.recompile_limit == 1  # raised for the losses' calls only

@@ -355,8 +355,7 @@ def test_a_committed_results_file_reruns_bit_for_bit(tmp_path, name, configs):
     configs it was made with, give its curves bit for bit.
     Bitwise equality is promised on the torch build and CPU kind that made the file; elsewhere the
     test says why it does not apply. Each rerun is a fresh process (``--check``), as each run of
-    the matrix is: in one long process torch.compile's recompile limit, reached by the suite's
-    other compiled losses, makes the loss run eagerly (see ``pinn_apts.pde.compiled``)."""
+    the matrix is: nothing the suite compiled before can change its compilations."""
     from pinn_apts.paper.provenance import provenance
 
     path = COMMITTED / name

@@ -20,11 +20,16 @@ phase): a product of the full loss 4.4 ms compiled against 9.2 ms eager (``bench
 an APTS iteration 1.6x faster; compiling costs about 80 s once per process with an empty kernel
 cache and 10-15 s once inductor's cache holds the kernels.  A loss that cannot be compiled (an
 operation ``torch.compile`` does not support in a user's residual, no C++ compiler, an old
-torch) falls back to the eager functions with one warning.  So does a process that compiles
-the losses of many problems or layouts: past torch.compile's recompile limit
-(``torch._dynamo.config.recompile_limit``, 8) compilation fails, and ``local_curvature="gauss_newton"``,
-whose products exist compiled only, then refuses to run (seen in the test suite; one run per process,
-as the experiment runner does, never gets there).
+torch) falls back to the eager functions with one warning.
+
+Every :class:`CompiledPINNLoss` compiles the same code (its methods, torch.func's wrappers), and
+torch.compile keeps one list of compilations per code object, capped by
+``torch._dynamo.config.recompile_limit`` (8).  A process that trains several problems or layouts (a
+notebook, the test suite) reaches it: past it, a ``fullgraph`` compilation fails.  :meth:`CompiledPINNLoss.call`
+then compiles again with the limits raised to :data:`RECOMPILES_PER_LOSS` per loss the process has
+built, so each loss still gets its compilations and the process's other compiled code keeps the
+global limits (torch logs once that it hit the limit; the call then goes on compiled).  No check or
+patch runs on a call that finds its compilation: the normal path costs nothing.
 
 The functions depend only on the architecture, the problem and the dtype, so they are kept
 per (problem, layer sizes) for the life of the process (:func:`compiled_pinn_loss`).
@@ -45,7 +50,12 @@ from .jet import MLPJet
 from .loss import residual_of
 from .problems import PDEProblem
 
-__all__ = ["CURVATURES", "CompiledDerivatives", "CompiledPINNLoss", "LossData", "compiled_pinn_loss"]
+__all__ = ["CURVATURES", "RECOMPILES_PER_LOSS", "CompiledDerivatives", "CompiledPINNLoss", "LossData",
+           "compiled_pinn_loss"]
+
+#: compilations of one code object that each :class:`CompiledPINNLoss` may add past the recompile
+#: limit (dtypes, stacked layouts, shape specialisations: two or three in practice)
+RECOMPILES_PER_LOSS = 8
 
 
 class LossData(NamedTuple):
@@ -107,7 +117,11 @@ class CompiledPINNLoss:
     then run eagerly.
     """
 
+    #: how many have been built in this process: they share torch.compile's per-code-object limit
+    built = 0
+
     def __init__(self, problem: PDEProblem, layer_sizes: Sequence[int]) -> None:
+        CompiledPINNLoss.built += 1
         self.problem = problem
         sizes = list(layer_sizes)
         self.shapes = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((b, a), (b,))]
@@ -211,7 +225,7 @@ class CompiledPINNLoss:
         """``name``'s compiled function on ``args``; the eager one if compilation failed (warned once)."""
         if self.failed is None:
             try:
-                return self.compiled[name](*args)
+                return self._compiled_call(name, args)
             except Exception as err:  # noqa: BLE001 - any compiler failure falls back to eager
                 self.failed = err
                 warnings.warn(
@@ -220,6 +234,22 @@ class CompiledPINNLoss:
                     RuntimeWarning, stacklevel=2,
                 )
         return self.eager[name](*args)
+
+    def _compiled_call(self, name: str, args: tuple[Tensor, ...]):
+        """``name``'s compiled function on ``args``, compiled again under raised recompile limits if
+        the losses built so far have used up torch.compile's (see the module's docstring)."""
+        try:
+            return self.compiled[name](*args)
+        except Exception as err:  # noqa: BLE001 - re-raised unless it is the recompile limit
+            if type(err).__name__ != "FailOnRecompileLimitHit":
+                raise
+        config = torch._dynamo.config
+        limit = RECOMPILES_PER_LOSS * CompiledPINNLoss.built
+        raised = {"recompile_limit": max(config.recompile_limit, limit),
+                  "accumulated_recompile_limit": max(config.accumulated_recompile_limit,
+                                                     limit * len(self.compiled))}
+        with config.patch(**raised):
+            return self.compiled[name](*args)
 
     def derivatives(self, data: LossData, stacked: bool = False,
                     curvature: str = "hessian") -> CompiledDerivatives | None:
