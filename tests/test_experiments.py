@@ -24,9 +24,61 @@ def test_an_interrupted_run_writes_no_results_file(tmp_path, monkeypatch):
         self.trainer.should_stop = True
 
     monkeypatch.setattr(PINNModule, "on_train_batch_end", stop)
-    with pytest.raises(RuntimeError, match=r"stopped after 1 of 3 outer iterations"):
+    with pytest.raises(RuntimeError, match=r"stopped after 1 of 3 outer iterations.*resumes it from iteration 1"):
         run_one("heat", "adam", 0, 3, tmp_path / "out", CONFIG_DIR, tmp_path / "logs")
     assert not list((tmp_path / "out").glob("*"))
+
+
+def test_a_run_killed_half_way_resumes_from_its_last_checkpoint_bit_for_bit(tmp_path, monkeypatch):
+    """A killed run (no graceful stop: the session ended) resumes from the checkpoint it saved every
+    RESUME_EVERY iterations and ends as the uninterrupted run does; other code or settings start over."""
+    import pinn_apts.paper.experiments as experiments
+    from pinn_apts.training.module import PINNModule
+
+    def curves(record):  # all but the seconds per iteration, with the steps of those
+        times = [step for step, _ in record["curves"]["time/iteration"]]
+        return times, {key: curve for key, curve in record["curves"].items() if key != "time/iteration"}
+
+    straight = json.loads(run_one("heat", "apts_d2", 1, 6, tmp_path / "straight", CONFIG_DIR,
+                                  tmp_path / "logs_straight").read_text())
+    assert curves(straight)[0] == list(range(6))
+    monkeypatch.setattr(experiments, "RESUME_EVERY", 2)
+    original = PINNModule.on_train_batch_end
+
+    def killed_at(step):
+        def hook(self, *args, **kwargs):
+            original(self, *args, **kwargs)
+            if self.trainer.global_step == step:
+                raise RuntimeError("killed")
+        return hook
+
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", killed_at(5))
+    with pytest.raises(RuntimeError, match="killed"):
+        run_one("heat", "apts_d2", 1, 6, out, CONFIG_DIR, logs)
+    assert not list(out.glob("*")) and (logs / "heat_apts_d2_s1" / "resume" / "last.ckpt").exists()
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", original)
+    resumed = json.loads(run_one("heat", "apts_d2", 1, 6, out, CONFIG_DIR, logs).read_text())
+    assert resumed["resumed_at"] == 4 and "resumed_at" not in straight
+    assert curves(resumed) == curves(straight)  # every step, bit for bit
+    assert resumed["final_parameters"] == straight["final_parameters"]
+    assert resumed["stage1_acceptance_rate"] == straight["stage1_acceptance_rate"]
+    assert not (logs / "heat_apts_d2_s1" / "resume").exists()  # removed with the file written
+
+    # a checkpoint of other settings (here the planned run length), or whose curves are missing, is not resumed
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", killed_at(3))
+    with pytest.raises(RuntimeError, match="killed"):
+        run_one("heat", "apts_d2", 1, 6, tmp_path / "other", CONFIG_DIR, logs, schedule=8)
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", original)
+    other = json.loads(run_one("heat", "apts_d2", 1, 6, tmp_path / "other", CONFIG_DIR, logs).read_text())
+    assert "resumed_at" not in other and curves(other) == curves(straight)
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", killed_at(3))
+    with pytest.raises(RuntimeError, match="killed"):
+        run_one("heat", "apts_d2", 1, 6, tmp_path / "cut", CONFIG_DIR, logs)
+    (logs / "heat_apts_d2_s1" / "resume" / "curves.jsonl").write_text("")
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", original)
+    cut = json.loads(run_one("heat", "apts_d2", 1, 6, tmp_path / "cut", CONFIG_DIR, logs).read_text())
+    assert "resumed_at" not in cut and curves(cut) == curves(straight)
 
 
 def test_run_writes_curves_and_is_skipped_when_done(tmp_path):

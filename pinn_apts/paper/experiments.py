@@ -7,6 +7,9 @@ error, RMSE, and for APTS/TR the radius, Stage I acceptance and Stage II tries p
 iteration, plus the wall time and the final network's parameters, from which
 :func:`final_network` rebuilds it for the error heatmaps) and is skipped when that file exists,
 so the matrix can be completed over several sessions; ``--jobs 2`` runs two at a time (one thread each).
+A run in progress saves a checkpoint every :data:`RESUME_EVERY` outer iterations; started again
+after an interruption (a killed process, a session's end), it resumes from the last one, from the
+same commit only, and ends as the uninterrupted run would have, bit for bit.
 
 Every file records where it comes from (``provenance``: the commit, whether the tree was clean,
 torch and lightning versions, device, threads, CPU; :mod:`~pinn_apts.paper.provenance`) and,
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,7 +40,8 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = [
-    "ITERATIONS", "METHODS", "PROBLEMS", "CurveLogger", "batch_run_args", "check_rerun", "final_network", "run_one",
+    "ITERATIONS", "METHODS", "PROBLEMS", "RESUME_EVERY", "CurveLogger", "batch_run_args", "check_rerun",
+    "final_network", "run_one",
 ]
 
 PROBLEMS = ("heat", "burgers", "laplace")
@@ -48,15 +53,37 @@ CURVES = (
     "loss/total", "error/rel_l2", "error/rmse", "time/iteration", "apts/radius", "apts/stage1_accepted",
     "apts/stage2_tries", "apts/replica_coherence", "tr/radius", "tr/tries",
 )
+#: outer iterations between a run's checkpoints (in ``<log root>/<run>/resume``, removed once its file is written)
+RESUME_EVERY = 50
 
 
 class CurveLogger(Logger):
-    """A Lightning logger that keeps the chosen scalars in memory, step by step."""
+    """A Lightning logger that keeps the chosen scalars in memory, step by step, and appends them
+    to ``journal`` (JSON lines), if given, so that a resumed run can :meth:`reload` them."""
 
-    def __init__(self, keep: tuple[str, ...] = CURVES) -> None:
+    def __init__(self, keep: tuple[str, ...] = CURVES, journal: Path | None = None) -> None:
         super().__init__()
         self.keep = keep
+        self.journal = journal
         self.curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
+
+    def reload(self, before: int) -> bool:
+        """Take the journal's scalars of the steps before ``before`` (the iterations a checkpoint at
+        global step ``before`` has done); ``False``, keeping none, if the journal lacks one of them."""
+        logged: dict[str, dict[int, float]] = defaultdict(dict)
+        lines = self.journal.read_text().splitlines() if self.journal is not None and self.journal.exists() else []
+        for line in lines:
+            try:
+                step, values = json.loads(line)
+            except ValueError:  # a line cut short by a killed process
+                continue
+            if step < before:
+                for key, value in values.items():
+                    logged[key][step] = value
+        if len(logged["loss/total"]) != before:
+            return False
+        self.curves = defaultdict(list, {key: sorted(values.items()) for key, values in logged.items()})
+        return True
 
     @property
     def name(self) -> str:
@@ -72,9 +99,13 @@ class CurveLogger(Logger):
 
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        for key in self.keep:
-            if key in metrics:
-                self.curves[key].append((int(step if step is not None else -1), float(metrics[key])))
+        step = int(step if step is not None else -1)
+        kept = {key: float(metrics[key]) for key in self.keep if key in metrics}
+        for key, value in kept.items():
+            self.curves[key].append((step, value))
+        if self.journal is not None and kept:
+            with self.journal.open("a") as journal:
+                journal.write(json.dumps([step, kept]) + "\n")
 
 
 def batch_run_args(config: Path | str, seed: int, iterations: int, root: Path | str,
@@ -97,17 +128,23 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
             replace: bool = False, compile: str | None = None, name: str | None = None) -> Path:
     """Train one cell of the matrix and write its results file (unless it exists, or ``replace``);
     a run that stops before ``iterations`` (interrupted) raises ``RuntimeError`` and writes none.
+    Called again, it resumes from the run's last checkpoint (every :data:`RESUME_EVERY` iterations)
+    if the same commit made it with the same settings, and starts over otherwise.
 
-    TensorBoard logs go to ``log_root/<problem>_<method>_s<seed>`` (not meant for git).
+    TensorBoard logs go to ``log_root/<problem>_<method>_s<seed>`` (not meant for git), the
+    checkpoints to its ``resume`` folder.
     ``schedule``: see :func:`batch_run_args`.  ``compile`` (``"on"``, ``"off"``; TR and APTS only)
     overrides the config's choice.  ``name`` replaces the file's name.
     """
     from torch.nn.utils import parameters_to_vector
 
+    import torch
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
     from ..core.apts import APTS
     from ..core.optim import TrustRegion
     from ..training.cli import cli_main
-    from .provenance import provenance
+    from .provenance import code_stamp, provenance
 
     target = out / (name or f"{problem}_{method}_s{seed}.json")
     if target.exists() and not replace:
@@ -115,20 +152,26 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     config = config_dir / f"{problem}_{method}.yaml"
     if not config.exists():
         raise ValueError(f"no config {config} for problem {problem!r} and method {method!r}")
-    logger = CurveLogger()
     args = batch_run_args(config, seed, iterations, log_root / target.stem, schedule)
     if compile is not None:
         args.append(f"--model.init_args.compile={compile}")
+    saved = log_root / target.stem / "resume"
+    logger = CurveLogger(journal=saved / "curves.jsonl")
+    resumed = _resume_point(saved, {"code": code_stamp(), "args": args}, logger)
     cli = cli_main(args, run=False)
     cli.trainer.loggers = [*cli.trainer.loggers, logger]  # TensorBoard as usual, and the curves
+    cli.trainer.callbacks.append(ModelCheckpoint(dirpath=saved, save_last=True, save_top_k=0,
+                                                 every_n_train_steps=RESUME_EVERY))
     start = time.perf_counter()
-    cli.trainer.fit(cli.model, cli.datamodule)
+    cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=None if resumed == 0 else saved / "last.ckpt")
     wall = time.perf_counter() - start
     done = cli.trainer.global_step
     if done < iterations or cli.trainer.interrupted:
         # an interrupted fit (SIGTERM, Ctrl-C: Lightning shuts down gracefully) returns normally
+        last = torch.load(saved / "last.ckpt", weights_only=True)["global_step"] if (saved / "last.ckpt").exists() else 0
         raise RuntimeError(f"{target.name}: the run stopped after {done} of {iterations} outer iterations "
-                           "(interrupted?); no results file written, the next run of the matrix redoes it")
+                           f"(interrupted?); no results file written, the next run of the matrix resumes it "
+                           f"from iteration {last}")
     model = cli.model
     final = {k: float(v) for k, v in model.solution_errors().items()}
     optimizer = cli.trainer.optimizers[0]
@@ -141,7 +184,7 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
         "schedule": cli.datamodule.sampler.total_iterations,
         "iterations": cli.trainer.global_step,
         "wall_seconds": wall,
-        "seconds_per_iteration": wall / max(cli.trainer.global_step, 1),
+        "seconds_per_iteration": wall / max(cli.trainer.global_step - resumed, 1),
         "final_rel_l2": final.get("error/rel_l2"),
         "final_rmse": final.get("error/rmse"),
         "curves": {k: v for k, v in logger.curves.items()},
@@ -152,11 +195,36 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     if isinstance(optimizer, APTS):
         record["stage1_acceptance_rate"] = optimizer.totals.acceptance_rate
         record["mean_stage2_tries"] = optimizer.totals.mean_stage2_tries
+    if resumed:
+        record["resumed_at"] = resumed  # the wall time is that of the iterations from here on
     out.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".json.part")
     partial.write_text(json.dumps(record))
     partial.replace(target)  # a file that exists is complete
+    shutil.rmtree(saved, ignore_errors=True)
     return target
+
+
+def _resume_point(saved: Path, stamp: dict[str, Any], logger: CurveLogger) -> int:
+    """The outer iteration a run resumes from: that of ``saved/last.ckpt`` if ``stamp`` (the code,
+    :func:`~pinn_apts.paper.provenance.code_stamp`, and the run's arguments) is the one it was saved with and ``logger`` reloads the curves up to it;
+    else 0, with ``saved`` emptied and stamped for the run that starts now."""
+    import torch
+
+    stamp_file = saved / "stamp.json"
+    checkpoint = saved / "last.ckpt"
+    if checkpoint.exists() and stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
+        try:
+            step = int(torch.load(checkpoint, weights_only=True)["global_step"])
+        except Exception:  # noqa: BLE001 - a checkpoint cut short by a killed process: start over
+            step = 0
+        if step > 0 and logger.reload(step):
+            print(f"{saved.parent.name}: resuming from iteration {step}", flush=True)
+            return step
+    shutil.rmtree(saved, ignore_errors=True)
+    saved.mkdir(parents=True)
+    stamp_file.write_text(json.dumps(stamp))
+    return 0
 
 
 def check_rerun(path: Path, iterations: int, config_dir: Path, work: Path) -> dict[str, float]:

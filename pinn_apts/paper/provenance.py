@@ -8,6 +8,7 @@ uncommitted changes unless told (``--allow-dirty``).
 
 from __future__ import annotations
 
+import hashlib
 import platform
 import subprocess
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["SourceState", "check_source", "provenance", "source_state"]
+__all__ = ["SourceState", "check_source", "code_stamp", "provenance", "source_state"]
 
 #: the checkout the package is imported from (an editable install); elsewhere git finds nothing
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,6 +38,19 @@ def source_state() -> SourceState:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}
+
+
+def code_stamp() -> dict[str, Any]:
+    """What tells two runs' code apart: the commit and, in a dirty tree, a digest of its
+    uncommitted changes (``git diff HEAD``); the package's version outside a checkout."""
+    state = source_state()
+    if state["commit"] is None:
+        from .. import __version__
+
+        return {**state, "version": __version__}
+    if state["dirty"]:
+        state["diff"] = hashlib.sha256(_git("diff", "HEAD").encode()).hexdigest()
+    return state
 
 
 def check_source(state: SourceState, allow_dirty: bool) -> None:
