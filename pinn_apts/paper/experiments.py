@@ -8,8 +8,8 @@ iteration, plus the wall time and the final network's parameters, from which
 :func:`final_network` rebuilds it for the error heatmaps) and is skipped when that file exists,
 so the matrix can be completed over several sessions; ``--jobs 2`` runs two at a time (one thread each).
 A run in progress saves a checkpoint every :data:`RESUME_EVERY` outer iterations; started again
-after an interruption (a killed process, a session's end), it resumes from the last one, from the
-same commit only, and ends as the uninterrupted run would have, bit for bit.
+after an interruption (a killed process, a session's end), it resumes from the last one if the code
+and settings are the same, and ends as the uninterrupted run would have, bit for bit.
 
 Every file records where it comes from (``provenance``: the commit, whether the tree was clean,
 torch and lightning versions, device, threads, CPU; :mod:`~pinn_apts.paper.provenance`) and,
@@ -129,17 +129,16 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     """Train one cell of the matrix and write its results file (unless it exists, or ``replace``);
     a run that stops before ``iterations`` (interrupted) raises ``RuntimeError`` and writes none.
     Called again, it resumes from the run's last checkpoint (every :data:`RESUME_EVERY` iterations)
-    if the same commit made it with the same settings, and starts over otherwise.
+    if the same code made it with the same settings, and starts over otherwise.
 
     TensorBoard logs go to ``log_root/<problem>_<method>_s<seed>`` (not meant for git), the
     checkpoints to its ``resume`` folder.
     ``schedule``: see :func:`batch_run_args`.  ``compile`` (``"on"``, ``"off"``; TR and APTS only)
     overrides the config's choice.  ``name`` replaces the file's name.
     """
-    from torch.nn.utils import parameters_to_vector
-
     import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
+    from torch.nn.utils import parameters_to_vector
 
     from ..core.apts import APTS
     from ..core.optim import TrustRegion
