@@ -384,14 +384,15 @@ def test_provenance_table_names_each_source_of_the_files():
 
     source = {"commit": "a" * 40, "dirty": False, "torch": "2.13.0+cpu", "device": "cpu", "threads": 1}
     groups = {
-        ("burgers", "adam"): [{**synthetic("adam", s, 0.1), "provenance": source} for s in (0, 1, 2)],
+        ("burgers", "adam"): [{**synthetic("adam", s, 0.1), "provenance": source, **({"resumed_at": 50} if s else {})}
+                              for s in (0, 1, 2)],
         ("burgers", "tr"): [{**synthetic("tr", 0, 0.1), "provenance": {**source, "dirty": True}}],
         ("heat", "adam"): [{**synthetic("adam", 4, 0.1), "problem": "heat"}],  # written before provenance
     }
     table = provenance_table(groups)
-    assert "| burgers | aaaaaaaaaa | yes | 2.13.0+cpu | cpu | 1 | 3 | 0, 1, 2 |" in table
-    assert "| burgers | aaaaaaaaaa | no | 2.13.0+cpu | cpu | 1 | 1 | 0 |" in table
-    assert "| heat | not recorded | — | — | — | — | 1 | 4 |" in table
+    assert "| burgers | aaaaaaaaaa | yes | 2.13.0+cpu | cpu | 1 | 3 | 0, 1, 2 | 2 |" in table
+    assert "| burgers | aaaaaaaaaa | no | 2.13.0+cpu | cpu | 1 | 1 | 0 | 0 |" in table
+    assert "| heat | not recorded | — | — | — | — | 1 | 4 | 0 |" in table
 
 
 COMMITTED = Path(__file__).resolve().parents[1] / "results"

@@ -312,7 +312,9 @@ def milestone_table(groups: dict[tuple[str, str], list[dict]], key: str = "error
 
 def provenance_table(groups: dict[tuple[str, str], list[dict]]) -> str:
     """Where the results files come from: per PDE and distinct (commit, clean tree, torch, device,
-    threads), how many files and which seeds; files written before provenance was recorded say so."""
+    threads), how many files, which seeds, and how many were resumed after an interruption (their
+    seconds per iteration count from there, with a second warm-up); files written before provenance
+    was recorded say so."""
     made: dict[tuple, list[dict]] = defaultdict(list)
     for (problem, _), records in groups.items():
         for record in records:
@@ -322,11 +324,12 @@ def provenance_table(groups: dict[tuple[str, str], list[dict]]) -> str:
                    {True: "no", False: "yes"}.get(source.get("dirty"), "—"), source.get("torch", "—"),
                    source.get("device", "—"), str(source.get("threads", "—")))
             made[key].append(record)
-    lines = ["| PDE | commit | clean tree | torch | device | threads | files | seeds |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| PDE | commit | clean tree | torch | device | threads | files | seeds | resumed |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for key in sorted(made):
         seeds = sorted({r["seed"] for r in made[key]})
-        lines.append("| " + " | ".join(key) + f" | {len(made[key])} | {', '.join(map(str, seeds))} |")
+        resumed = sum("resumed_at" in r for r in made[key])
+        lines.append("| " + " | ".join(key) + f" | {len(made[key])} | {', '.join(map(str, seeds))} | {resumed} |")
     return "\n".join(lines) + "\n"
 
 
