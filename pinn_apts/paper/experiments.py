@@ -136,7 +136,6 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     ``schedule``: see :func:`batch_run_args`.  ``compile`` (``"on"``, ``"off"``; TR and APTS only)
     overrides the config's choice.  ``name`` replaces the file's name.
     """
-    import torch
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.nn.utils import parameters_to_vector
 
@@ -167,7 +166,7 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     done = cli.trainer.global_step
     if done < iterations or cli.trainer.interrupted:
         # an interrupted fit (SIGTERM, Ctrl-C: Lightning shuts down gracefully) returns normally
-        last = torch.load(saved / "last.ckpt", weights_only=True)["global_step"] if (saved / "last.ckpt").exists() else 0
+        last = _saved_step(saved / "last.ckpt")
         raise RuntimeError(f"{target.name}: the run stopped after {done} of {iterations} outer iterations "
                            f"(interrupted?); no results file written, the next run of the matrix resumes it "
                            f"from iteration {last}")
@@ -204,19 +203,25 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     return target
 
 
-def _resume_point(saved: Path, stamp: dict[str, Any], logger: CurveLogger) -> int:
-    """The outer iteration a run resumes from: that of ``saved/last.ckpt`` if ``stamp`` (the code,
-    :func:`~pinn_apts.paper.provenance.code_stamp`, and the run's arguments) is the one it was saved with and ``logger`` reloads the curves up to it;
-    else 0, with ``saved`` emptied and stamped for the run that starts now."""
+def _saved_step(checkpoint: Path) -> int:
+    """The global step of ``checkpoint``; 0 if there is none or it cannot be read (cut short by a kill)."""
     import torch
 
+    try:
+        return int(torch.load(checkpoint, weights_only=True)["global_step"])
+    except Exception:  # noqa: BLE001 - a missing or truncated checkpoint: nothing to resume from
+        return 0
+
+
+def _resume_point(saved: Path, stamp: dict[str, Any], logger: CurveLogger) -> int:
+    """The outer iteration a run resumes from: that of ``saved/last.ckpt`` if ``stamp`` (the code,
+    :func:`~pinn_apts.paper.provenance.code_stamp`, and the run's arguments) is the one it was saved
+    with and ``logger`` reloads the curves up to it; else 0, with ``saved`` emptied and stamped for
+    the run that starts now."""
     stamp_file = saved / "stamp.json"
     checkpoint = saved / "last.ckpt"
-    if checkpoint.exists() and stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
-        try:
-            step = int(torch.load(checkpoint, weights_only=True)["global_step"])
-        except Exception:  # noqa: BLE001 - a checkpoint cut short by a killed process: start over
-            step = 0
+    if stamp_file.exists() and json.loads(stamp_file.read_text()) == stamp:
+        step = _saved_step(checkpoint)
         if step > 0 and logger.reload(step):
             print(f"{saved.parent.name}: resuming from iteration {step}", flush=True)
             return step
