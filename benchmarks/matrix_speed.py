@@ -6,10 +6,11 @@ Usage::
     python benchmarks/matrix_speed.py [--problems heat burgers laplace] [--methods apts_d2 apts_d4 apts_d8]
                                       [--iterations 100] [--warmup 10] [--seed 0]
                                       [--results results] [--out matrix_speed_runs]
+                                      [--config-dir configs]
 
 Each cell runs ``python -m pinn_apts.paper.experiments --one PROBLEM METHOD SEED --iterations N
 --schedule 2000`` (the first N iterations of a full run: same curriculum and resampling) in a
-fresh process (the runner's own path: LightningCLI, the config in ``configs/``, the accelerator
+fresh process (the runner's own path: LightningCLI, the config in ``--config-dir``, the accelerator
 Lightning picks, ``replicas: auto``), then prints one Markdown row: the median of the logged
 ``time/iteration`` over iterations ``warmup .. N-1``, the same median over the same iterations
 of the committed run in ``--results`` (if there is one), and the relative L2 error at iteration
@@ -50,12 +51,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=ROOT / "results")
     parser.add_argument("--out", type=Path, default=Path("matrix_speed_runs"))
+    parser.add_argument("--config-dir", type=Path, default=ROOT / "configs",
+                        help="the configs to run (e.g. configs/gauss_newton, with --results results/gauss_newton)")
     args = parser.parse_args()
     if not 0 <= args.warmup < args.iterations:
         parser.error("--warmup must be at least 0 and less than --iterations")
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    print(f"Paper configs through Trainer.fit on {device} (torch {torch.__version__}), seed {args.seed}, "
+    print(f"The configs in {args.config_dir} through Trainer.fit on {device} (torch {torch.__version__}), seed {args.seed}, "
           f"median s / iteration over iterations {args.warmup}..{args.iterations - 1}; "
           f"'committed' = the same iterations of the full run in {args.results} (2-core CPU, two runs at a time)\n")
     print("| problem | method | s / it here | s / it committed | ratio | rel. L2 at it. "
@@ -67,7 +70,7 @@ def main() -> None:
             (args.out / name).unlink(missing_ok=True)
             start = time.perf_counter()
             command = [sys.executable, "-m", "pinn_apts.paper.experiments", "--out", str(args.out),
-                       "--iterations", str(args.iterations), "--schedule", str(ITERATIONS), "--config-dir", str(ROOT / "configs"),
+                       "--iterations", str(args.iterations), "--schedule", str(ITERATIONS), "--config-dir", str(args.config_dir),
                        "--log-root", str(args.out / "logs"), "--one", problem, method, str(args.seed)]
             done = subprocess.run(command, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
             wall = time.perf_counter() - start
