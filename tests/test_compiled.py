@@ -4,6 +4,7 @@ Compiling takes tens of seconds per process on the CPU; the tests share one comp
 (Heat, the package's MLP, float64) through :func:`~pinn_apts.pde.compiled.compiled_pinn_loss`.
 """
 
+import traceback
 import warnings
 
 import pytest
@@ -13,7 +14,7 @@ from torch.nn.utils import parameters_to_vector
 from pinn_apts import APTS, APTSPINN, PINNObjective, TrustRegion, TrustRegionPINN
 from pinn_apts.core.optim import check_compile, resolve_compile
 from pinn_apts.core.trust_region import flat_hvp
-from pinn_apts.pde.compiled import CompiledPINNLoss
+from pinn_apts.pde.compiled import CompiledPINNLoss, _mend_guard_locations
 from pinn_apts.pde.jet import Jet
 from pinn_apts.pde.model import MLP
 from pinn_apts.pde.problems import Heat, PDEProblem, get_problem
@@ -284,3 +285,26 @@ def test_losses_past_torch_compiles_recompile_limit_still_compile():
             assert functions.derivatives(data, curvature="gauss_newton") is not None
             assert float(value) == pytest.approx(float(objective.full()), rel=1e-13)
         assert torch._dynamo.config.recompile_limit == 1  # raised for the losses' calls only
+
+
+def test_a_torch_that_cannot_print_an_unknown_guard_location_is_mended(monkeypatch):
+    """torch 2.11's ``SLoc.__str__`` formats an unknown framework location (``None``) as a frame, and
+    every compilation on CUDA failed on it; the mend gives it torch 2.13's rule, and leaves a torch
+    that has the rule alone."""
+    from torch._guards import SLoc
+    from torch.utils._traceback import format_frame
+
+    def torch_2_11_str(self):
+        floc = self.framework_loc if isinstance(self.framework_loc, str) else format_frame(self.framework_loc)
+        return f"({floc})" if self.maybe_user_loc is None else f"{self.maybe_user_loc} ({floc})"
+
+    own = SLoc.__str__
+    assert not _mend_guard_locations() and SLoc.__str__ is own  # this torch prints it already
+    monkeypatch.setattr(SLoc, "__str__", torch_2_11_str)
+    with pytest.raises(AttributeError, match="'NoneType' object has no attribute 'filename'"):
+        str(SLoc(None, "x.py:3"))
+    assert _mend_guard_locations()
+    assert str(SLoc(None, "x.py:3")) == "x.py:3 ()" and str(SLoc(None, None)) == "()"
+    frame = traceback.FrameSummary("pinn_apts/pde/loss.py", 7, "residual_of")
+    assert str(SLoc(frame, None)) == torch_2_11_str(SLoc(frame, None)) == f"({format_frame(frame)})"
+    assert not _mend_guard_locations()  # mended once

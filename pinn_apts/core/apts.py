@@ -438,7 +438,8 @@ class APTS(RecordingOptimizer):
                 raise ValueError(
                     f"local_curvature={local_curvature!r} needs the objective's compiled derivatives: compile=True "
                     "(APTSPINN: compile 'on' or 'auto') and an objective that offers them (the package's PINNObjective "
-                    "with its MLP)")
+                    "with its MLP), compiled without error (a RuntimeWarning 'compile: could not compile ...' says "
+                    "why it failed)")
             compiled = partial(objective.compiled, **curvature)
         graph = torch.enable_grad() if compiled is None else torch.no_grad()  # compiled: no graph needed
         with graph:

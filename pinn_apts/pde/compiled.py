@@ -31,6 +31,12 @@ built, so each loss still gets its compilations and the process's other compiled
 global limits (torch logs once that it hit the limit; the call then goes on compiled).  No check or
 patch runs on a call that finds its compilation: the normal path costs nothing.
 
+torch 2.11 (the lent GPUs' image) cannot print a shape guard whose framework location is unknown
+(``SLoc.__str__`` formats ``None`` as a frame): on CUDA every compilation of these functions then
+failed with ``InternalTorchDynamoError: AttributeError: 'NoneType' object has no attribute
+'filename'`` and ran eagerly.  :func:`_mend_guard_locations` gives such a torch the newer torch's
+rule (an unknown location prints as empty); a torch that has it is left alone.
+
 The functions depend only on the architecture, the problem and the dtype, so they are kept
 per (problem, layer sizes) for the life of the process (:func:`compiled_pinn_loss`).
 """
@@ -52,6 +58,31 @@ from .problems import PDEProblem
 
 __all__ = ["CURVATURES", "RECOMPILES_PER_LOSS", "CompiledDerivatives", "CompiledPINNLoss", "LossData",
            "compiled_pinn_loss"]
+
+def _mend_guard_locations() -> bool:
+    """Give ``torch._guards.SLoc`` the ``__str__`` of torch 2.13, which prints an unknown framework
+    location as empty, where this torch's fails on one (torch 2.11 on CUDA; see the module's
+    docstring).  Returns whether it had to."""
+    try:
+        from torch._guards import SLoc
+        from torch.utils._traceback import format_frame
+        str(SLoc(None, None))
+        return False
+    except (ImportError, TypeError):  # another torch's internals: nothing known to mend
+        return False
+    except AttributeError:
+        pass
+
+    def __str__(self) -> str:
+        loc = self.framework_loc
+        floc = loc if isinstance(loc, str) else "" if loc is None else format_frame(loc)
+        return f"({floc})" if self.maybe_user_loc is None else f"{self.maybe_user_loc} ({floc})"
+
+    SLoc.__str__ = __str__
+    return True
+
+
+_mend_guard_locations()
 
 #: compilations of one code object that each :class:`CompiledPINNLoss` may add past the recompile
 #: limit (dtypes, stacked layouts, shape specialisations: two or three in practice)
