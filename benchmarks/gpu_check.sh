@@ -8,6 +8,7 @@
 #   gn       the Gauss-Newton configs (configs/gauss_newton, D = 4) through Trainer.fit for MATRIX_ITERS
 #            iterations, beside the CPU runs in results/gauss_newton (their runs go to OUTDIR/gn_runs);
 #   cudatest the CUDA cases of tests/test_compiled.py (compiled against eager iterates on the GPU);
+#   diag     benchmarks/compile_diag.py: which compiled call fails on the device, with its traceback;
 #   matrix   the paper's APTS D = 4 configs of Heat, Laplace and Burgers the same way (OUTDIR/matrix_runs).
 # Tables go to OUTDIR (default gpu_results); copy them to benchmarks/results/.
 #   Usage: [PARTS="gn cudatest matrix"] bash benchmarks/gpu_check.sh [OUTDIR]
@@ -52,6 +53,7 @@ has gn && timeout "$t_gn" "$py" benchmarks/matrix_speed.py --config-dir configs/
   --out "$out/gn_runs" 2>&1 | grep -v Warning | tee "$out/gn_matrix_speed.md"
 has cudatest && timeout "$t_cudatest" "$py" -m pytest -q -p no:cacheprovider tests/test_compiled.py -k cuda 2>&1 \
   | tee "$out/cuda_tests.txt"
+has diag && timeout "$t_cudatest" "$py" benchmarks/compile_diag.py "$device" > "$out/compile_diag.txt" 2>&1
 has matrix && timeout "$t_matrix" "$py" benchmarks/matrix_speed.py --problems heat laplace burgers --methods apts_d4 \
   --iterations "$matrix_iters" --warmup "$warmup" --out "$out/matrix_runs" 2>&1 | grep -v Warning | tee "$out/matrix_speed.md"
 # The runs' logs are large and not needed back.
