@@ -30,6 +30,7 @@ t_method=${T_METHOD:-200}
 t_main=${T_MAIN:-240}
 t_gn=${T_GN:-200}
 t_cudatest=${T_CUDATEST:-150}
+t_diag=${T_DIAG:-150}
 t_matrix=${T_MATRIX:-200}
 has() { [[ "$parts" == *" $1 "* ]]; }
 mkdir -p "$out"
@@ -53,7 +54,7 @@ has gn && timeout "$t_gn" "$py" benchmarks/matrix_speed.py --config-dir configs/
   --out "$out/gn_runs" 2>&1 | grep -v Warning | tee "$out/gn_matrix_speed.md"
 has cudatest && timeout "$t_cudatest" "$py" -m pytest -q -p no:cacheprovider tests/test_compiled.py -k cuda 2>&1 \
   | tee "$out/cuda_tests.txt"
-has diag && timeout "$t_cudatest" "$py" benchmarks/compile_diag.py "$device" > "$out/compile_diag.txt" 2>&1
+has diag && timeout "$t_diag" "$py" benchmarks/compile_diag.py "$device" > "$out/compile_diag.txt" 2>&1
 has matrix && timeout "$t_matrix" "$py" benchmarks/matrix_speed.py --problems heat laplace burgers --methods apts_d4 \
   --iterations "$matrix_iters" --warmup "$warmup" --out "$out/matrix_runs" 2>&1 | grep -v Warning | tee "$out/matrix_speed.md"
 # The runs' logs are large and not needed back.

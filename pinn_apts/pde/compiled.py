@@ -59,6 +59,7 @@ from .problems import PDEProblem
 __all__ = ["CURVATURES", "RECOMPILES_PER_LOSS", "CompiledDerivatives", "CompiledPINNLoss", "LossData",
            "compiled_pinn_loss"]
 
+
 def _mend_guard_locations() -> bool:
     """Give ``torch._guards.SLoc`` the ``__str__`` of torch 2.13, which prints an unknown framework
     location as empty, where this torch's fails on one (torch 2.11 on CUDA; see the module's
