@@ -7,7 +7,6 @@ import sys
 import time
 import traceback
 
-
 sys.path.insert(0, ".")
 from pinn_apts.pde import compiled as C  # noqa: E402
 from tests.test_compiled import run  # noqa: E402
@@ -33,6 +32,6 @@ for optimizer, replicas in [("tr", None), ("apts", "sequential")]:
     C._CACHE.clear()
     calls.clear()
     t = time.perf_counter()
-    it, totals = run(optimizer, compile=True, iterations=4, device=device, replicas=replicas)
+    run(optimizer, compile=True, iterations=4, device=device, replicas=replicas)
     print(f"== {device} {optimizer} {replicas}: {len(calls)} compiled calls, {time.perf_counter() - t:.0f} s, "
           f"distinct names {sorted(set(n for n, _ in calls))}", flush=True)
