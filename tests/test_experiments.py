@@ -35,9 +35,9 @@ def test_a_run_killed_half_way_resumes_from_its_last_checkpoint_bit_for_bit(tmp_
     import pinn_apts.paper.experiments as experiments
     from pinn_apts.training.module import PINNModule
 
-    def curves(record):  # all but the seconds per iteration, with the steps of those
+    def curves(record):  # all but the seconds, with the steps of those
         times = [step for step, _ in record["curves"]["time/iteration"]]
-        return times, {key: curve for key, curve in record["curves"].items() if key != "time/iteration"}
+        return times, {key: curve for key, curve in record["curves"].items() if not key.startswith("time/")}
 
     straight = json.loads(run_one("heat", "apts_d2", 1, 6, tmp_path / "straight", CONFIG_DIR,
                                   tmp_path / "logs_straight").read_text())
@@ -79,6 +79,68 @@ def test_a_run_killed_half_way_resumes_from_its_last_checkpoint_bit_for_bit(tmp_
     monkeypatch.setattr(PINNModule, "on_train_batch_end", original)
     cut = json.loads(run_one("heat", "apts_d2", 1, 6, tmp_path / "cut", CONFIG_DIR, logs).read_text())
     assert "resumed_at" not in cut and curves(cut) == curves(straight)
+
+
+def test_a_long_run_keeps_its_error_points_and_resumes_on_them(tmp_path, monkeypatch):
+    """log_every > 1 (a budget run): the curves keep every log_every-th iteration and the last, with the
+    wall-clock seconds rising; killed, the run resumes from its checkpoint and ends bit for bit."""
+    import pinn_apts.paper.experiments as experiments
+    from pinn_apts.training.module import PINNModule
+
+    def curves(record):
+        return {key: curve for key, curve in record["curves"].items() if not key.startswith("time/")}
+
+    straight = json.loads(run_one("heat", "adam", 0, 14, tmp_path / "a", CONFIG_DIR, tmp_path / "la",
+                                  log_every=3).read_text())
+    assert {key: [step for step, _ in curve] for key, curve in straight["curves"].items()} == {
+        key: [0, 3, 6, 9, 12, 13] for key in ("loss/total", "error/rel_l2", "error/rmse", "time/iteration",
+                                               "time/elapsed")}
+    elapsed = [value for _, value in straight["curves"]["time/elapsed"]]
+    assert all(0 < a < b for a, b in zip(elapsed, elapsed[1:])) and elapsed[-1] <= straight["elapsed_seconds"]
+    assert straight["hparams"]["log_every"] == 3
+    monkeypatch.setattr(experiments, "RESUME_EVERY", 2)  # a checkpoint every 2 * 3 iterations
+    original = PINNModule.on_train_batch_end
+
+    def killed(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.trainer.global_step == 10:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_one("heat", "adam", 0, 14, tmp_path / "b", CONFIG_DIR, tmp_path / "lb", log_every=3)
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", original)
+    resumed = json.loads(run_one("heat", "adam", 0, 14, tmp_path / "b", CONFIG_DIR, tmp_path / "lb",
+                                 log_every=3).read_text())
+    assert resumed["resumed_at"] == 6 and curves(resumed) == curves(straight)
+    assert resumed["final_parameters"] == straight["final_parameters"]
+    # the clock goes on from the checkpoint's seconds
+    assert [step for step, _ in resumed["curves"]["time/elapsed"]] == [0, 3, 6, 9, 12, 13]
+    assert resumed["curves"]["time/elapsed"][3][1] > resumed["curves"]["time/elapsed"][2][1]
+
+
+def test_budget_plan_fills_the_budget_from_measured_seconds():
+    from pinn_apts.paper.experiments import BUDGET_FILE, budget_plan, calibrate_budget
+
+    def record(problem, method, per_iteration, warm_up=5.0):
+        steps = range(0, 100, 10)
+        return {"problem": problem, "method": method, "provenance": {"cpu": "x"},
+                "curves": {"time/elapsed": [(k, warm_up + k * per_iteration) for k in steps]}}
+
+    table = calibrate_budget([record("heat", "adam", 0.01), record("heat", "tr", 0.13)], seconds=600, margin=1.25)
+    # the warm-up (the first point) is left out: 600 * 1.25 / 0.01 = 75000; / 0.13 = 5769.2 -> 5800
+    assert table["iterations"] == {"heat": {"adam": 75000, "tr": 5800}}
+    assert table["measured_seconds_per_iteration"]["heat"] == {"adam": 0.01, "tr": 0.13}
+    assert budget_plan("heat", "adam", table) == (75000, 37)  # about BUDGET_POINTS points kept
+    assert budget_plan("heat", "tr", table) == (5800, 2)
+    with pytest.raises(ValueError, match=r"no budget run of 'lbfgs' on 'heat'; measure it with --calibrate"):
+        budget_plan("heat", "lbfgs", table)
+    committed = json.loads(BUDGET_FILE.read_text())  # the table the committed budget runs were planned with
+    for problem in ("heat", "burgers", "laplace"):
+        for method in ("adam", "lbfgs", "lbfgs_wolfe", "tr"):
+            iterations, log_every = budget_plan(problem, method, committed)
+            per_iteration = committed["measured_seconds_per_iteration"][problem][method]
+            assert iterations * per_iteration >= committed["seconds"] and log_every >= 1
 
 
 def test_run_writes_curves_and_is_skipped_when_done(tmp_path):

@@ -139,6 +139,23 @@ def test_logs_figure_and_checkpoint(tmp_path):
     final = events.Scalars("error/rel_l2")[-1].value
     assert final == pytest.approx(float(module.solution_errors()["error/rel_l2"]), rel=1e-6)
     assert trainer.global_step == 12
+    # wall-clock seconds of training, every iteration, rising, ending where the module's clock is
+    elapsed = [e.value for e in events.Scalars("time/elapsed")]
+    assert len(elapsed) == 12 and all(0 < a < b for a, b in zip(elapsed, elapsed[1:]))
+    assert elapsed[-1] <= module.elapsed()
+    assert elapsed[0] >= events.Scalars("time/iteration")[0].value
+
+
+def test_progress_bar_labels_are_not_tensorboard_tags(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    module = APTSPINN(problem="heat", num_subdomains=2, local_steps=1, cg_max_iter=2)
+    logger = TensorBoardLogger(str(tmp_path), name="run")
+    trainer = fit(module, "heat", 2, tmp_path, logger=logger)
+    tags = set(EventAccumulator(str(tmp_path / "run" / "version_0")).Reload().Tags()["scalars"])
+    assert {"loss/total", "error/rel_l2", "apts/radius", "apts/stage1_acceptance_rate"} <= tags
+    assert not tags & {"loss", "rel_l2", "radius", "acc"}
+    assert {"loss", "rel_l2", "radius", "acc"} <= set(trainer.progress_bar_metrics)
 
 
 def test_every_trust_region_constant_reaches_the_optimizer_cg_rtol_included():

@@ -18,15 +18,28 @@ changes unless given ``--allow-dirty``; ``--rerun-other-commits`` reruns the fil
 made; ``--check FILE --iterations K`` reruns a file's first ``K`` iterations with its settings
 and compares the curves bit for bit.
 
+``--budget`` runs the time-to-accuracy study instead: each baseline for a fixed wall-clock
+budget (:data:`BUDGET_SECONDS`).  A budget run is a fixed number of outer iterations, the number
+that fills the budget on this machine as measured by ``--calibrate`` and committed in
+``budget.json`` beside this module (with a margin, so that every run passes the budget), and the
+curriculum switches at 30% of that number, as in a matrix run.  A fixed count, not Lightning's
+``max_time``, so that a budget run reproduces bit for bit like any other results file; the
+seconds themselves are measured in every run (the ``time/elapsed`` curve).  Long runs keep
+about :data:`BUDGET_POINTS` points per curve: the error is evaluated, and the scalars kept, every
+``log_every = iterations // BUDGET_POINTS`` outer iterations (and at the last).
+
     python -m pinn_apts.paper.experiments --out results --jobs 2
     python -m pinn_apts.paper.experiments --problems burgers --methods apts_d4 adam --seeds 0 --iterations 200
     python -m pinn_apts.paper.experiments --check results/burgers_apts_d4_s0.json --iterations 20
+    python -m pinn_apts.paper.experiments --calibrate --jobs 2      # writes budget.json
+    python -m pinn_apts.paper.experiments --budget --out results/budget --seeds 0 1 2 3 4 --jobs 2
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -40,7 +53,8 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = [
-    "ITERATIONS", "METHODS", "PROBLEMS", "RESUME_EVERY", "CurveLogger", "batch_run_args", "check_rerun",
+    "BUDGET_FILE", "BUDGET_METHODS", "BUDGET_POINTS", "BUDGET_SECONDS", "ITERATIONS", "METHODS", "PROBLEMS",
+    "RESUME_EVERY", "CurveLogger", "batch_run_args", "budget_plan", "calibrate_budget", "check_rerun",
     "final_network", "run_one",
 ]
 
@@ -50,21 +64,39 @@ METHODS = ("apts_d2", "apts_d4", "apts_d8", "adam", "lbfgs", "lbfgs_wolfe", "tr"
 ITERATIONS = 2000
 #: the per-iteration scalars kept in a results file
 CURVES = (
-    "loss/total", "error/rel_l2", "error/rmse", "time/iteration", "apts/radius", "apts/stage1_accepted",
+    "loss/total", "error/rel_l2", "error/rmse", "time/iteration", "time/elapsed", "apts/radius", "apts/stage1_accepted",
     "apts/stage2_tries", "apts/replica_coherence", "tr/radius", "tr/tries",
 )
-#: outer iterations between a run's checkpoints (in ``<log root>/<run>/resume``, removed once its file is written)
+#: outer iterations between a run's checkpoints (in ``<log root>/<run>/resume``, removed once its file is
+#: written), times the run's ``log_every``
 RESUME_EVERY = 50
+#: the wall-clock budget of a run of the time-to-accuracy study (``--budget``), seconds
+BUDGET_SECONDS = 600
+#: the methods of the time-to-accuracy study: the baselines (APTS's matrix runs already take 5-20 minutes)
+BUDGET_METHODS = ("adam", "lbfgs", "lbfgs_wolfe", "tr")
+#: points kept per curve of a budget run, about
+BUDGET_POINTS = 2000
+#: the outer iterations of each budget run, by problem and method, measured by ``--calibrate``
+BUDGET_FILE = Path(__file__).with_name("budget.json")
+#: how much longer than the budget a budget run is planned, so that a slower moment still passes it
+BUDGET_MARGIN = 1.25
+#: outer iterations of a calibration run (``--calibrate``), by method: each a minute or less here
+CALIBRATION_ITERATIONS = {"adam": 3000, "lbfgs": 1500, "lbfgs_wolfe": 300, "tr": 400}
 
 
 class CurveLogger(Logger):
     """A Lightning logger that keeps the chosen scalars in memory, step by step, and appends them
-    to ``journal`` (JSON lines), if given, so that a resumed run can :meth:`reload` them."""
+    to ``journal`` (JSON lines), if given, so that a resumed run can :meth:`reload` them.
 
-    def __init__(self, keep: tuple[str, ...] = CURVES, journal: Path | None = None) -> None:
+    With ``every > 1`` it keeps the steps that are multiples of ``every`` and those with a solution
+    error (a run's last), so that a long run with ``log_every = every`` keeps its error points and
+    the scalars beside them."""
+
+    def __init__(self, keep: tuple[str, ...] = CURVES, journal: Path | None = None, every: int = 1) -> None:
         super().__init__()
         self.keep = keep
         self.journal = journal
+        self.every = every
         self.curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
 
     def reload(self, before: int) -> bool:
@@ -80,7 +112,7 @@ class CurveLogger(Logger):
             if step < before:
                 for key, value in values.items():
                     logged[key][step] = value
-        if len(logged["loss/total"]) != before:
+        if len(logged["loss/total"]) != len(range(0, before, self.every)):
             return False
         self.curves = defaultdict(list, {key: sorted(values.items()) for key, values in logged.items()})
         return True
@@ -100,6 +132,8 @@ class CurveLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         step = int(step if step is not None else -1)
+        if step % self.every and "error/rel_l2" not in metrics:
+            return
         kept = {key: float(metrics[key]) for key in self.keep if key in metrics}
         for key, value in kept.items():
             self.curves[key].append((step, value))
@@ -125,7 +159,8 @@ def batch_run_args(config: Path | str, seed: int, iterations: int, root: Path | 
 
 def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, config_dir: Path,
             log_root: Path = Path("lightning_logs/experiments"), schedule: int | None = None,
-            replace: bool = False, compile: str | None = None, name: str | None = None) -> Path:
+            replace: bool = False, compile: str | None = None, name: str | None = None,
+            log_every: int = 1) -> Path:
     """Train one cell of the matrix and write its results file (unless it exists, or ``replace``);
     a run that stops before ``iterations`` (interrupted) raises ``RuntimeError`` and writes none.
     Called again, it resumes from the run's last checkpoint (every :data:`RESUME_EVERY` iterations)
@@ -134,7 +169,8 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     TensorBoard logs go to ``log_root/<problem>_<method>_s<seed>`` (not meant for git), the
     checkpoints to its ``resume`` folder.
     ``schedule``: see :func:`batch_run_args`.  ``compile`` (``"on"``, ``"off"``; TR and APTS only)
-    overrides the config's choice.  ``name`` replaces the file's name.
+    overrides the config's choice.  ``name`` replaces the file's name.  ``log_every`` > 1 evaluates the
+    error, and keeps the curves' points, every ``log_every`` outer iterations (and at the last).
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
     from torch.nn.utils import parameters_to_vector
@@ -153,13 +189,15 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
     args = batch_run_args(config, seed, iterations, log_root / target.stem, schedule)
     if compile is not None:
         args.append(f"--model.init_args.compile={compile}")
+    if log_every != 1:
+        args.append(f"--model.init_args.log_every={log_every}")
     saved = log_root / target.stem / "resume"
-    logger = CurveLogger(journal=saved / "curves.jsonl")
+    logger = CurveLogger(journal=saved / "curves.jsonl", every=log_every)
     resumed = _resume_point(saved, {"code": code_stamp(), "args": args}, logger)
     cli = cli_main(args, run=False)
     cli.trainer.loggers = [*cli.trainer.loggers, logger]  # TensorBoard as usual, and the curves
     cli.trainer.callbacks.append(ModelCheckpoint(dirpath=saved, save_last=True, save_top_k=0,
-                                                 every_n_train_steps=RESUME_EVERY))
+                                                 every_n_train_steps=RESUME_EVERY * log_every))
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=None if resumed == 0 else saved / "last.ckpt")
     wall = time.perf_counter() - start
@@ -182,6 +220,7 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
         "schedule": cli.datamodule.sampler.total_iterations,
         "iterations": cli.trainer.global_step,
         "wall_seconds": wall,
+        "elapsed_seconds": model.elapsed(),
         "seconds_per_iteration": wall / max(cli.trainer.global_step - resumed, 1),
         "final_rel_l2": final.get("error/rel_l2"),
         "final_rmse": final.get("error/rmse"),
@@ -241,14 +280,51 @@ def check_rerun(path: Path, iterations: int, config_dir: Path, work: Path) -> di
     compile = None if record.get("compile") is None else ("on" if record["compile"] else "off")
     schedule = record.get("schedule", record["iterations"])
     rerun = run_one(record["problem"], record["method"], record["seed"], iterations, work, config_dir,
-                    work / "logs", schedule, replace=True, compile=compile, name="rerun.json")
+                    work / "logs", schedule, replace=True, compile=compile, name="rerun.json",
+                    log_every=record["hparams"].get("log_every", 1))
     again = json.loads(rerun.read_text())["curves"]
     gaps = {}
     for key in ("loss/total", "error/rel_l2"):
         old = dict(record["curves"][key])
         new = dict(again[key])
-        gaps[key] = max(abs(new[k] - old[k]) for k in new)
+        gaps[key] = max(abs(new[k] - old[k]) for k in new if k in old)  # a rerun's last point may not be kept
     return gaps
+
+
+def budget_plan(problem: str, method: str, table: dict[str, Any] | None = None) -> tuple[int, int]:
+    """``(iterations, log_every)`` of the budget run of ``method`` on ``problem``, from ``table``
+    (default: :data:`BUDGET_FILE`); ``ValueError`` if the table has no such cell."""
+    if table is None:
+        table = json.loads(BUDGET_FILE.read_text())
+    try:
+        iterations = int(table["iterations"][problem][method])
+    except KeyError:
+        raise ValueError(f"{BUDGET_FILE.name} has no budget run of {method!r} on {problem!r}; measure it with "
+                         "--calibrate") from None
+    return iterations, max(1, iterations // BUDGET_POINTS)
+
+
+def seconds_per_iteration(record: dict[str, Any]) -> float:
+    """A results file's wall-clock seconds per outer iteration after its first kept point (so past the
+    warm-up), from its ``time/elapsed`` curve."""
+    elapsed = sorted(record["curves"]["time/elapsed"])
+    (first, start), (last, end) = elapsed[1], elapsed[-1]
+    return (end - start) / (last - first)
+
+
+def calibrate_budget(records: list[dict[str, Any]], seconds: float = BUDGET_SECONDS,
+                     margin: float = BUDGET_MARGIN) -> dict[str, Any]:
+    """The budget table from calibration runs: per problem and method, the outer iterations that
+    fill ``margin * seconds`` at the measured seconds per iteration, rounded up to a hundred."""
+    iterations: dict[str, dict[str, int]] = defaultdict(dict)
+    measured: dict[str, dict[str, float]] = defaultdict(dict)
+    for record in records:
+        per_iteration = seconds_per_iteration(record)
+        measured[record["problem"]][record["method"]] = round(per_iteration, 6)
+        iterations[record["problem"]][record["method"]] = 100 * math.ceil(margin * seconds / per_iteration / 100)
+    return {"seconds": seconds, "margin": margin, "iterations": dict(iterations),
+            "measured_seconds_per_iteration": dict(measured),
+            "provenance": records[0]["provenance"] if records else None}
 
 
 def final_network(record: dict[str, Any]):
@@ -269,12 +345,19 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("results"))
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--methods", nargs="+", default=None, choices=METHODS,
+                        help=f"default: all for the matrix, {' '.join(BUDGET_METHODS)} with --budget or --calibrate")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--iterations", type=int, default=ITERATIONS)
     parser.add_argument("--schedule", type=int, default=None,
                         help="run length the curriculum and resampling are planned for (default: --iterations); "
                              "a smaller --iterations stops early on that schedule")
+    parser.add_argument("--budget", action="store_true",
+                        help=f"the time-to-accuracy study: each run's iterations (and log_every) from {BUDGET_FILE.name}, "
+                             f"planned to fill {BUDGET_SECONDS} s here; --iterations and --schedule do not apply")
+    parser.add_argument("--calibrate", action="store_true",
+                        help=f"measure each method's seconds per iteration (seed 0, --jobs at a time) and write "
+                             f"{BUDGET_FILE.name}")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, one thread each")
     parser.add_argument("--config-dir", type=Path, default=Path(__file__).parents[1] / "configs")
     parser.add_argument("--log-root", type=Path, default=Path("lightning_logs/experiments"))
@@ -285,12 +368,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", type=Path, default=None, metavar="FILE",
                         help="rerun FILE's first --iterations iterations and compare its curves bit for bit")
     parser.add_argument("--one", nargs=3, metavar=("PROBLEM", "METHOD", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--log-every", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--replace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.iterations < 1 or args.jobs < 1:
-        parser.error("--iterations and --jobs must be at least 1")
+    if args.iterations < 1 or args.jobs < 1 or args.log_every < 1:
+        parser.error("--iterations, --jobs and --log-every must be at least 1")
     if args.schedule is not None and args.schedule < args.iterations:
         parser.error("--schedule must be at least --iterations")
+    if args.budget and args.calibrate:
+        parser.error("--budget runs the study that --calibrate plans: give one of them")
+    methods = args.methods or list(BUDGET_METHODS if args.budget or args.calibrate else METHODS)
 
     import tempfile
 
@@ -302,7 +389,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         problem, method, seed = args.one
         print(run_one(problem, method, int(seed), args.iterations, args.out, args.config_dir, args.log_root,
-                      args.schedule, replace=args.replace), flush=True)
+                      args.schedule, replace=args.replace, log_every=args.log_every), flush=True)
         return
     state = source_state()
     try:
@@ -319,6 +406,15 @@ def main(argv: list[str] | None = None) -> None:
         if not same:
             raise SystemExit(1)
         return
+    if args.calibrate:
+        with tempfile.TemporaryDirectory() as work:
+            out = Path(work)
+            cells = [(p, m, 0, CALIBRATION_ITERATIONS[m], 10) for p in args.problems for m in methods]
+            _run_cells(cells, out, args)
+            table = calibrate_budget([json.loads(path.read_text()) for path in sorted(out.glob("*.json"))])
+        BUDGET_FILE.write_text(json.dumps(table, indent=1) + "\n")
+        print(f"wrote {BUDGET_FILE}: {json.dumps(table['iterations'])}", flush=True)
+        return
 
     def to_do(path: Path) -> bool:
         if not path.exists():
@@ -326,21 +422,33 @@ def main(argv: list[str] | None = None) -> None:
         made_by = json.loads(path.read_text()).get("provenance", {}).get("commit")
         return args.rerun_other_commits and made_by != state["commit"]
 
-    cells = [(p, m, s) for s in args.seeds for p in args.problems for m in args.methods
-             if to_do(args.out / f"{p}_{m}_s{s}.json")]
+    cells = []
+    for s in args.seeds:
+        for p in args.problems:
+            for m in methods:
+                if to_do(args.out / f"{p}_{m}_s{s}.json"):
+                    plan = budget_plan(p, m) if args.budget else (args.iterations, 1)
+                    cells.append((p, m, s, *plan))
     print(f"{len(cells)} runs to do in {args.out}", flush=True)
+    _run_cells(cells, args.out, args)
+
+
+def _run_cells(cells: list[tuple[str, str, int, int, int]], out: Path, args: argparse.Namespace) -> None:
+    """Run each ``(problem, method, seed, iterations, log_every)`` in a process of its own, ``args.jobs``
+    at a time, one thread each; ``SystemExit`` if one fails."""
     running: list[subprocess.Popen] = []
     started: list[subprocess.Popen] = []
-    for problem, method, seed in cells:
+    for problem, method, seed, iterations, log_every in cells:
         while len(running) >= args.jobs:
             running = [p for p in running if p.poll() is None]
             time.sleep(1)
-        command = [sys.executable, "-m", "pinn_apts.paper.experiments", "--out", str(args.out), "--iterations",
-                   str(args.iterations), "--config-dir", str(args.config_dir), "--log-root", str(args.log_root),
-                   *([] if args.schedule is None else ["--schedule", str(args.schedule)]),
+        schedule = None if args.budget or args.calibrate else args.schedule  # a budget run plans its own length
+        command = [sys.executable, "-m", "pinn_apts.paper.experiments", "--out", str(out), "--iterations",
+                   str(iterations), "--config-dir", str(args.config_dir), "--log-root", str(args.log_root),
+                   *([] if schedule is None else ["--schedule", str(schedule)]),
                    *(["--replace"] if args.rerun_other_commits else []),
-                   "--one", problem, method, str(seed)]
-        print("start", problem, method, seed, flush=True)
+                   "--log-every", str(log_every), "--one", problem, method, str(seed)]
+        print("start", problem, method, seed, f"({iterations} iterations)", flush=True)
         started.append(subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}))
         running.append(started[-1])
     failed = sum(p.wait() != 0 for p in started)

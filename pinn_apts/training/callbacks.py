@@ -4,7 +4,8 @@
   progress, so that ``last.ckpt`` and the error figure hold the last finished iteration and the
   run can be resumed exactly; a second signal aborts at once.
 - :class:`RunReport`: says where the run's logs and checkpoints go, and the TensorBoard
-  command, when ``fit`` starts and ends.
+  command, when ``fit`` starts and ends; at the end also the final solution errors and the
+  wall-clock seconds of training.
 - :class:`ErrorFigure`: at the end of training, the prediction, the exact solution and the
   error on the evaluation grid, to TensorBoard (``error/heatmap``) and ``error.png`` in the run folder.
 """
@@ -134,6 +135,12 @@ class RunReport(Callback):
         how = "finished"
         if stop is not None:
             how = f"stopped by {signal.Signals(stop.signal).name}" if stop.signal else "stopped by a signal"
+        errors = pl_module.solution_errors() if hasattr(pl_module, "solution_errors") else {}
+        if errors:
+            lines.insert(0, f"final relative L2 error {float(errors['error/rel_l2']):.4g}, "
+                            f"RMSE {float(errors['error/rmse']):.4g}")
+        if hasattr(pl_module, "elapsed"):
+            lines.insert(0, f"{pl_module.elapsed():.1f} s of training (time/elapsed in the curves)")
         if run_dir is not None and (run_dir / "error.png").exists():
             lines.append(f"error figure {run_dir / 'error.png'}")
         rank_zero_info(f"pinn-apts: {how} after {trainer.global_step} outer iterations" +

@@ -98,6 +98,9 @@ class PINNModule(L.LightningModule):
         self.save_hyperparameters({**self.hparams, "problem": self.problem.spec()})
         #: the last outer iteration whose trial losses were non-finite (rejected), for error messages
         self.last_non_finite_trials: int | None = None
+        #: wall-clock seconds of training before this fit started (a resumed run's earlier part)
+        self.elapsed_before = 0.0
+        self._fit_start: float | None = None
 
     # ----------------------------------------------------------------- pieces
     def forward(self, points: Tensor) -> Tensor:
@@ -132,8 +135,10 @@ class PINNModule(L.LightningModule):
         """One outer iteration ``k``.
 
         Logged at step ``k``: the loss and its terms at the iterate entering the iteration,
-        ``L(theta_k)`` on the points of iteration ``k``; the wall time of the iteration; and,
-        every ``log_every`` iterations, the solution errors of the iterate it produced.
+        ``L(theta_k)`` on the points of iteration ``k``; the wall time of the optimizer's work in the
+        iteration (``time/iteration``); every ``log_every`` iterations, the solution errors of the
+        iterate it produced; and ``time/elapsed``, the wall-clock seconds of training up to the end
+        of this iteration (see :meth:`elapsed`).
         """
         batch = batch.to(device=self.device, dtype=self.dtype)
         start = time.perf_counter()
@@ -151,20 +156,32 @@ class PINNModule(L.LightningModule):
         last = self.trainer.max_steps is not None and k == self.trainer.max_steps - 1
         if k % self.log_every == 0 or last:
             metrics.update(self.solution_errors())
+        metrics["time/elapsed"] = self.elapsed()
         self.log_metrics(metrics, step=k)
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds of training so far: from the start of the training loop
+        (``on_train_start``; data set-up and model construction before it are not counted) to now,
+        everything in between counted: compilation, the first iteration, error evaluations,
+        logging, checkpoints.  A resumed run adds the seconds its checkpoint had recorded."""
+        if self._fit_start is None:
+            return self.elapsed_before
+        return self.elapsed_before + time.perf_counter() - self._fit_start
 
     def log_metrics(self, metrics: dict[str, Tensor | float], step: int) -> None:
         """Send ``metrics`` to the loggers at ``step``; loss and error also to the progress bar.
 
         ``self.log`` costs about a millisecond per key per call (it moves the whole result
         collection each time), so the many per-iteration scalars go to the loggers directly
-        and only the progress-bar values go through ``self.log``.
+        and only the progress-bar values go through ``self.log``, to the progress bar alone:
+        their short labels (``loss``, ``rel_l2``, ...) would otherwise be TensorBoard tags
+        beside the full names they copy.
         """
-        self.log("loss", metrics["loss/total"], prog_bar=True)
+        self.log("loss", metrics["loss/total"], prog_bar=True, logger=False)
         if "error/rel_l2" in metrics:
-            self.log("rel_l2", metrics["error/rel_l2"], prog_bar=True)
+            self.log("rel_l2", metrics["error/rel_l2"], prog_bar=True, logger=False)
         for label, name in self.progress_bar.items():
-            self.log(label, float(metrics[name]), prog_bar=True)
+            self.log(label, float(metrics[name]), prog_bar=True, logger=False)
         values = {name: float(value) for name, value in metrics.items()}
         for logger in self.loggers:
             logger.log_metrics(values, step=step)
@@ -197,7 +214,9 @@ class PINNModule(L.LightningModule):
     compile_min_iterations: int = 1000
 
     def on_train_start(self) -> None:
-        """Settle ``compile="auto"`` now that the run's remaining length is known (after a resume too)."""
+        """Start the training clock (:meth:`elapsed`); settle ``compile="auto"`` now that the run's
+        remaining length is known (after a resume too)."""
+        self._fit_start = time.perf_counter()
         if self.compile_mode is None:
             return
         max_steps = self.trainer.max_steps
@@ -208,10 +227,11 @@ class PINNModule(L.LightningModule):
             log.info("compile=auto: %s for %s outer iterations", "compiling" if optimizer.compile else "eager", remaining)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["pinn_apts"] = {"module": class_path(type(self))}
+        checkpoint["pinn_apts"] = {"module": class_path(type(self)), "elapsed": self.elapsed()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._check_checkpoint_matches(checkpoint)
+        self.elapsed_before = float(checkpoint.get("pinn_apts", {}).get("elapsed", 0.0))
         # Lightning restores the weights before the precision plugin casts the module
         # (e.g. to float64 for "64-true"); a float32 module would round float64 weights
         # on the way in.  Take the checkpoint's dtype first so that resuming is exact.
