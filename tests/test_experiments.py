@@ -135,6 +135,10 @@ def test_budget_plan_fills_the_budget_from_measured_seconds():
     assert budget_plan("heat", "tr", table) == (5800, 2)
     with pytest.raises(ValueError, match=r"no budget run of 'lbfgs' on 'heat'; measure it with --calibrate"):
         budget_plan("heat", "lbfgs", table)
+    # whole runs that went faster per iteration than the calibration run plan a longer budget run; slower do not
+    table = calibrate_budget([record("heat", "adam", 0.01), record("heat", "tr", 0.13)], seconds=600, margin=1.25,
+                             whole_runs={("heat", "adam"): 0.005, ("heat", "tr"): 0.2})
+    assert table["iterations"] == {"heat": {"adam": 150000, "tr": 5800}}
     committed = json.loads(BUDGET_FILE.read_text())  # the table the committed budget runs were planned with
     for problem in ("heat", "burgers", "laplace"):
         for method in ("adam", "lbfgs", "lbfgs_wolfe", "tr"):

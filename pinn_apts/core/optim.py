@@ -21,8 +21,10 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from .least_squares import GaussNewtonModel
 from .trust_region import (
     DEFAULT_RADIUS,
+    CGResult,
     FlatDerivatives,
     StopReason,
     TrustRegionConfig,
@@ -39,6 +41,7 @@ __all__ = [
     "TrustRegion",
     "TrustRegionTotals",
     "check_compile",
+    "flat_derivatives",
     "resolve_compile",
     "trust_region_step",
 ]
@@ -141,13 +144,30 @@ def trust_region_step(
     gradient, the products and the trial losses are then its functions of the flat parameters,
     ``loss_fn`` and ``loss`` are not used, and the loss returned is ``None``.
 
+    ``config.subproblem == "exact"``: the subproblem of the Gauss–Newton model is solved exactly
+    (:class:`~pinn_apts.core.least_squares.GaussNewtonModel`) from ``derivatives``'
+    ``residuals_and_jacobian``, decomposed once for every try; across processes (``reduce``) each
+    process's ``J^T J``, ``J^T r`` and ``|r|^2`` are summed.  A non-finite Jacobian or decomposition
+    rejects the try as a non-finite product does.
+
     Returns the step's record and the loss at the parameters it leaves, with its graph, so
     that a following step on the same objective can start from it (``loss=``).
     """
     total = reduce if reduce is not None else (lambda t: t)
     cap = config.max_radius if max_radius is None else max_radius
     start = parameters_to_vector(params).detach().clone()
-    if derivatives is not None:
+    exact = config.subproblem == "exact"
+    if exact and not callable(getattr(derivatives, "residuals_and_jacobian", None)):
+        raise ValueError("subproblem='exact' needs the objective's residual vector and its Jacobian as functions of "
+                         "the flat parameters (the package's PINNObjective with its MLP network gives them)")
+    if exact:
+        model = GaussNewtonModel.of(*derivatives.residuals_and_jacobian(start), config.damping, reduce)
+        loss, loss_value = None, _finite_loss(float(model.loss))
+        flat_grad = model.gradient
+
+        def trial_loss_at(point: Tensor) -> tuple[float, Tensor | None]:
+            return float(total(derivatives.loss(point).detach())), None
+    elif derivatives is not None:
         value, grad = derivatives.loss_and_grad(start)
         loss, loss_value = None, _finite_loss(float(total(value.detach())))
         flat_grad = total(grad.detach())
@@ -172,12 +192,18 @@ def trust_region_step(
             return float(total(trial.detach())), trial
     if not torch.isfinite(flat_grad).all():
         raise FloatingPointError("non-finite gradient at the current point of the trust-region step")
-    hvp = local_hvp if reduce is None else (lambda v: reduce(local_hvp(v)))
+    if exact:
+        solve = model.solve
+    else:
+        hvp = local_hvp if reduce is None else (lambda v: reduce(local_hvp(v)))
+
+        def solve(radius: float) -> CGResult:
+            return steihaug_cg(flat_grad, hvp, radius, max_iter=config.cg_max_iter, damping=config.damping,
+                               rtol=config.cg_rtol)
     tries = cg_iterations = non_finite = 0
     while True:
         tries += 1
-        result = steihaug_cg(flat_grad, hvp, radius, max_iter=config.cg_max_iter,
-                             damping=config.damping, rtol=config.cg_rtol)
+        result = solve(radius)
         cg_iterations += result.iterations
         trial_loss, trial = math.nan, None
         if result.reason != StopReason.NON_FINITE:
@@ -222,6 +248,22 @@ def offered(objective: object, method: str, wanted: bool, **kwargs) -> object | 
     has the method; ``None`` otherwise, or when the method itself gives ``None`` (not available)."""
     make = getattr(objective, method, None) if wanted else None
     return make(**kwargs) if callable(make) else None
+
+
+def flat_derivatives(objective: object, curvature: str, compile: bool, d: int | None = None) -> object | None:
+    """The derivatives a trust-region step of ``curvature`` takes from ``objective`` (``objective.compiled(d)``):
+    for the Hessian, the compiled ones if ``compile`` and offered, else ``None`` (the graph path); for
+    Gauss–Newton, always the flat ones, compiled if ``compile`` and compilation works, else eager
+    (``ValueError`` if the objective has none)."""
+    which = {} if d is None else {"d": d}
+    if curvature == "hessian":
+        return offered(objective, "compiled", compile, **which)
+    derivatives = (offered(objective, "compiled", compile, curvature=curvature, **which)
+                   or offered(objective, "compiled", True, curvature=curvature, compiled=False, **which))
+    if derivatives is None:
+        raise ValueError(f"curvature={curvature!r} needs an objective that gives its residuals as a function of the "
+                         "flat parameters (the package's PINNObjective with its MLP network, every parameter trained)")
+    return derivatives
 
 
 def check_compile(compile: bool) -> bool:
@@ -307,8 +349,11 @@ class TrustRegion(RecordingOptimizer):
         Parameters to optimize (one parameter group).
     radius:
         Initial radius ``Delta_0`` (default 1.0), within ``[min_radius, max_radius]``.
-    max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol:
+    max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol, curvature, subproblem:
         See :class:`~pinn_apts.core.trust_region.TrustRegionConfig` (defaults: the paper's).
+        ``curvature="gauss_newton"`` and ``subproblem="exact"`` need an ``objective`` given to
+        :meth:`step` that offers its derivatives as functions of the flat parameters (a
+        :class:`~pinn_apts.PINNObjective`).
     compile:
         With an ``objective`` given to :meth:`step` that offers ``compiled()`` (a
         :class:`~pinn_apts.PINNObjective`), take the step on its compiled loss, gradient and
@@ -337,9 +382,12 @@ class TrustRegion(RecordingOptimizer):
         cg_max_iter: int = TrustRegionConfig.cg_max_iter,
         damping: float = TrustRegionConfig.damping,
         cg_rtol: float | None = TrustRegionConfig.cg_rtol,
+        curvature: str = TrustRegionConfig.curvature,
+        subproblem: str = TrustRegionConfig.subproblem,
         compile: bool = False,
     ) -> None:
-        config = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
+        config = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol,
+                                   curvature, subproblem)
         config.check_radius("radius", radius)
         super().__init__(params, asdict(config), radius)
         #: use the objective's compiled derivatives (``objective.compiled()``) where it offers them
@@ -352,11 +400,12 @@ class TrustRegion(RecordingOptimizer):
         if closure is None:
             raise ValueError("TrustRegion.step needs a closure that returns the loss (without backward)")
         params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
-        derivatives = offered(objective, "compiled", self.compile)
+        config = self.config
+        derivatives = flat_derivatives(objective, config.curvature, self.compile)
         if derivatives is not None:
             with torch.no_grad():
                 closure()  # once, for what the closure records (the objective's entry terms, hooks)
-        info, _ = trust_region_step(closure, params, self.radius, self.config, derivatives=derivatives)
+        info, _ = trust_region_step(closure, params, self.radius, config, derivatives=derivatives)
         self._record(info, info.radius, steps=1, accepted=int(info.accepted), tries=info.tries,
                      cg_iterations=info.cg_iterations)
         return torch.tensor(info.loss)

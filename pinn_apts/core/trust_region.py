@@ -26,7 +26,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "CURVATURES",
     "DEFAULT_RADIUS",
+    "SUBPROBLEMS",
     "CGResult",
     "FlatDerivatives",
     "StackedCGResult",
@@ -34,6 +36,8 @@ __all__ = [
     "TrustRegionConfig",
     "boundary_step",
     "capped_radius",
+    "check_choice",
+    "check_exact_needs_gauss_newton",
     "flat_hvp",
     "reduction_ratio",
     "stacked_boundary_roots",
@@ -102,6 +106,13 @@ class TrustRegionConfig:
         Relative residual tolerance of CG; ``None`` uses the forcing term
         ``min(0.5, sqrt(|g|))`` (Nocedal & Wright, eq. 7.3), which gives superlinear
         convergence near a minimizer.
+    curvature:
+        The model's curvature: ``"hessian"`` (the paper) or ``"gauss_newton"`` (``2 J^T J`` of the
+        weighted residuals whose sum of squares is the loss: positive semi-definite).
+    subproblem:
+        How the subproblem is solved: ``"cg"``, Steihaug CG on curvature-vector products (the
+        paper), or ``"exact"``, the Gauss–Newton model's minimizer within the radius to rounding
+        (:mod:`~pinn_apts.core.least_squares`; needs ``curvature="gauss_newton"``).
     """
 
     max_radius: float = 10.0
@@ -113,6 +124,8 @@ class TrustRegionConfig:
     cg_max_iter: int = 12
     damping: float = 1e-3
     cg_rtol: float | None = None
+    curvature: str = "hessian"
+    subproblem: str = "cg"
 
     def __post_init__(self) -> None:
         finite = all(math.isfinite(v) for v in (self.max_radius, self.min_radius, self.eta1, self.eta2, self.shrink, self.grow, self.damping))
@@ -129,16 +142,39 @@ class TrustRegionConfig:
             raise ValueError(f"cg_max_iter must be an integer >= 1, got {self.cg_max_iter!r}")
         if self.cg_rtol is not None:
             _check("cg_rtol", self.cg_rtol, "lie in (0, 1)", 0 < self.cg_rtol < 1)
+        check_choice("curvature", self.curvature, CURVATURES)
+        check_choice("subproblem", self.subproblem, SUBPROBLEMS)
+        check_exact_needs_gauss_newton("subproblem", self.subproblem, "curvature", self.curvature)
 
     @classmethod
     def from_mapping(cls, mapping: Mapping) -> TrustRegionConfig:
-        """The config held in ``mapping`` (an optimizer's parameter group), other keys ignored."""
-        return cls(**{k: mapping[k] for k in cls.__dataclass_fields__})
+        """The config held in ``mapping`` (an optimizer's parameter group), other keys ignored; a
+        setting it lacks (a checkpoint of a version before the setting) takes its default."""
+        return cls(**{k: mapping[k] for k in cls.__dataclass_fields__ if k in mapping})
 
     def check_radius(self, name: str, radius: float) -> float:
         """Validate a radius against ``[min_radius, max_radius]``."""
         return _check(name, radius, f"lie in [min_radius, max_radius] = [{self.min_radius}, {self.max_radius}]",
                       math.isfinite(radius) and self.min_radius <= radius <= self.max_radius)
+
+
+#: the curvatures of a trust-region model, and the ways to solve its subproblem
+CURVATURES = ("hessian", "gauss_newton")
+SUBPROBLEMS = ("cg", "exact")
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``; else ``ValueError`` naming ``name`` and the choices."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
+def check_exact_needs_gauss_newton(subproblem_name: str, subproblem: str, curvature_name: str, curvature: str) -> None:
+    """The exact solver minimizes the Gauss–Newton model: refuse it with the Hessian's."""
+    if subproblem == "exact" and curvature != "gauss_newton":
+        raise ValueError(f"{subproblem_name}='exact' solves the Gauss–Newton model exactly: set "
+                         f"{curvature_name}='gauss_newton' (got {curvature!r})")
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:

@@ -80,8 +80,10 @@ BUDGET_POINTS = 2000
 BUDGET_FILE = Path(__file__).with_name("budget.json")
 #: how much longer than the budget a budget run is planned, so that a slower moment still passes it
 BUDGET_MARGIN = 1.25
-#: outer iterations of a calibration run (``--calibrate``), by method: each a minute or less here
-CALIBRATION_ITERATIONS = {"adam": 3000, "lbfgs": 1500, "lbfgs_wolfe": 300, "tr": 400}
+#: outer iterations of a calibration run (``--calibrate``), by method: one to three minutes each here.
+#: TR's run compiled, as its budget runs do (``compile="auto"`` compiles from 5000 iterations on).
+CALIBRATION_ITERATIONS = {"adam": 6000, "lbfgs": 3000, "lbfgs_wolfe": 600, "tr": 800}
+CALIBRATION_COMPILE = {"tr": "on"}
 
 
 class CurveLogger(Logger):
@@ -313,15 +315,22 @@ def seconds_per_iteration(record: dict[str, Any]) -> float:
 
 
 def calibrate_budget(records: list[dict[str, Any]], seconds: float = BUDGET_SECONDS,
-                     margin: float = BUDGET_MARGIN) -> dict[str, Any]:
+                     margin: float = BUDGET_MARGIN,
+                     whole_runs: dict[tuple[str, str], float] | None = None) -> dict[str, Any]:
     """The budget table from calibration runs: per problem and method, the outer iterations that
-    fill ``margin * seconds`` at the measured seconds per iteration, rounded up to a hundred."""
+    fill ``margin * seconds`` at the seconds per iteration, rounded up to a hundred.
+
+    The seconds per iteration are the calibration run's, or, if lower, those of ``whole_runs``
+    (by problem and method: e.g. the median over the matrix's 2000-iteration runs): L-BFGS's
+    iterations get cheaper along a run (fewer inner iterations), so a short calibration run alone
+    would plan budget runs that end early."""
     iterations: dict[str, dict[str, int]] = defaultdict(dict)
     measured: dict[str, dict[str, float]] = defaultdict(dict)
     for record in records:
-        per_iteration = seconds_per_iteration(record)
-        measured[record["problem"]][record["method"]] = round(per_iteration, 6)
-        iterations[record["problem"]][record["method"]] = 100 * math.ceil(margin * seconds / per_iteration / 100)
+        problem, method = record["problem"], record["method"]
+        per_iteration = min(seconds_per_iteration(record), (whole_runs or {}).get((problem, method), math.inf))
+        measured[problem][method] = round(per_iteration, 6)
+        iterations[problem][method] = 100 * math.ceil(margin * seconds / per_iteration / 100)
     return {"seconds": seconds, "margin": margin, "iterations": dict(iterations),
             "measured_seconds_per_iteration": dict(measured),
             "provenance": records[0]["provenance"] if records else None}
@@ -358,6 +367,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calibrate", action="store_true",
                         help=f"measure each method's seconds per iteration (seed 0, --jobs at a time) and write "
                              f"{BUDGET_FILE.name}")
+    parser.add_argument("--calibrate-with", type=Path, default=Path("results"), metavar="FOLDER",
+                        help="with --calibrate: whole runs whose median seconds per iteration, where lower than the "
+                             "calibration run's, plan the budget runs (default: results, the matrix)")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time, one thread each")
     parser.add_argument("--config-dir", type=Path, default=Path(__file__).parents[1] / "configs")
     parser.add_argument("--log-root", type=Path, default=Path("lightning_logs/experiments"))
@@ -369,6 +381,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="rerun FILE's first --iterations iterations and compare its curves bit for bit")
     parser.add_argument("--one", nargs=3, metavar=("PROBLEM", "METHOD", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--log-every", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--compile", choices=("on", "off"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--replace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.iterations < 1 or args.jobs < 1 or args.log_every < 1:
@@ -389,7 +402,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         problem, method, seed = args.one
         print(run_one(problem, method, int(seed), args.iterations, args.out, args.config_dir, args.log_root,
-                      args.schedule, replace=args.replace, log_every=args.log_every), flush=True)
+                      args.schedule, replace=args.replace, log_every=args.log_every, compile=args.compile), flush=True)
         return
     state = source_state()
     try:
@@ -411,7 +424,8 @@ def main(argv: list[str] | None = None) -> None:
             out = Path(work)
             cells = [(p, m, 0, CALIBRATION_ITERATIONS[m], 10) for p in args.problems for m in methods]
             _run_cells(cells, out, args)
-            table = calibrate_budget([json.loads(path.read_text()) for path in sorted(out.glob("*.json"))])
+            table = calibrate_budget([json.loads(path.read_text()) for path in sorted(out.glob("*.json"))],
+                                     whole_runs=_median_seconds_per_iteration(args.calibrate_with))
         BUDGET_FILE.write_text(json.dumps(table, indent=1) + "\n")
         print(f"wrote {BUDGET_FILE}: {json.dumps(table['iterations'])}", flush=True)
         return
@@ -433,6 +447,15 @@ def main(argv: list[str] | None = None) -> None:
     _run_cells(cells, args.out, args)
 
 
+def _median_seconds_per_iteration(folder: Path) -> dict[tuple[str, str], float]:
+    """The median seconds per iteration of the results files in ``folder``, by problem and method."""
+    runs: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for path in Path(folder).glob("*.json"):
+        record = json.loads(path.read_text())
+        runs[record["problem"], record["method"]].append(record["seconds_per_iteration"])
+    return {key: sorted(values)[len(values) // 2] for key, values in runs.items()}
+
+
 def _run_cells(cells: list[tuple[str, str, int, int, int]], out: Path, args: argparse.Namespace) -> None:
     """Run each ``(problem, method, seed, iterations, log_every)`` in a process of its own, ``args.jobs``
     at a time, one thread each; ``SystemExit`` if one fails."""
@@ -448,6 +471,8 @@ def _run_cells(cells: list[tuple[str, str, int, int, int]], out: Path, args: arg
                    *([] if schedule is None else ["--schedule", str(schedule)]),
                    *(["--replace"] if args.rerun_other_commits else []),
                    "--log-every", str(log_every), "--one", problem, method, str(seed)]
+        if args.calibrate and method in CALIBRATION_COMPILE:
+            command[-4:-4] = ["--compile", CALIBRATION_COMPILE[method]]
         print("start", problem, method, seed, f"({iterations} iterations)", flush=True)
         started.append(subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"}))
         running.append(started[-1])

@@ -42,6 +42,8 @@ PAPER_ACCEPTANCE = {
 PAPER_STAGE2_TRIES = 1.01
 #: where :func:`update_document` writes the generated tables in a Markdown file
 BEGIN, END = "<!-- report:begin (python -m pinn_apts.paper.report --update docs/RESULTS.md) -->", "<!-- report:end -->"
+#: where it writes the time-to-accuracy tables (``--time``)
+TIME_BEGIN, TIME_END = "<!-- report:time:begin (python -m pinn_apts.paper.report --time ...) -->", "<!-- report:time:end -->"
 
 
 def load_results(folder: Path) -> dict[tuple[str, str], list[dict]]:
@@ -360,9 +362,17 @@ def render_document(text: str, groups: dict[tuple[str, str], list[dict]], period
     return head + BEGIN + body + END + tail
 
 
-def update_document(path: Path, groups: dict[tuple[str, str], list[dict]]) -> None:
-    """Rewrite the tables between the report markers of a Markdown file (see :func:`render_document`)."""
-    Path(path).write_text(render_document(Path(path).read_text(), groups))
+def update_document(path: Path, groups: dict[tuple[str, str], list[dict]], timing: str | None = None) -> None:
+    """Rewrite the tables between the report markers of a Markdown file (see :func:`render_document`),
+    and ``timing`` (the time-to-accuracy tables), if given, between the time markers."""
+    text = render_document(Path(path).read_text(), groups)
+    if timing is not None:
+        if TIME_BEGIN not in text or TIME_END not in text:
+            raise ValueError(f"no time markers in {path}: put the lines {TIME_BEGIN!r} and {TIME_END!r} where the "
+                             "time-to-accuracy tables go")
+        head, rest = text.split(TIME_BEGIN, 1)
+        text = head + TIME_BEGIN + "\n\n" + timing + "\n" + TIME_END + rest.split(TIME_END, 1)[1]
+    Path(path).write_text(text)
 
 
 def curve_band(records: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -479,10 +489,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="a folder of another configuration's runs (e.g. results/gauss_newton): print them beside "
                              "the matrix's, with rank tests")
     parser.add_argument("--label", default=None, help="the other configuration's name in that table (default: the folder's)")
+    parser.add_argument("--time", type=Path, nargs="+", default=None, metavar="FOLDER",
+                        help="the time-to-accuracy view of these folders' runs (a later folder's runs of a method "
+                             "replace an earlier one's): seconds to each error level, error at each budget, and with "
+                             "--figures time_<pde>.png")
     args = parser.parse_args(argv)
+    from .timeview import plot_time, time_series, time_tables
+
     try:
         groups = load_results(args.results)
         variant = load_results(args.compare) if args.compare is not None else None
+        series = time_series(args.time) if args.time else None
+        timing = time_tables(series) if series else None
     except ValueError as err:
         raise SystemExit(f"report: {err}") from None
     if not groups:
@@ -499,13 +517,17 @@ def main(argv: list[str] | None = None) -> None:
         if not variant:
             raise SystemExit(f"no results files in {args.compare}")
         print(comparison_table(groups, variant, args.label or args.compare.name))
+    if timing is not None:
+        print(timing)
     if args.update is not None:
-        update_document(args.update, groups)
+        update_document(args.update, groups, timing)
     if args.figures is not None:
         for d in (2, 4, 8):
             if any(m == f"apts_d{d}" for _, m in groups):
                 plot_curves(groups, f"apts_d{d}", args.figures / f"apts_d{d}.png")
         plot_heatmaps(groups, path=args.figures / "heatmaps.png")
+        for problem in sorted({p for p, _ in series or {}}):
+            plot_time(series, problem, args.figures / f"time_{problem}.png")
 
 
 if __name__ == "__main__":

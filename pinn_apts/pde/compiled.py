@@ -122,23 +122,37 @@ class CompiledDerivatives:
     """
 
     def __init__(self, functions: CompiledPINNLoss, data: LossData, stacked: bool = False,
-                 curvature: str = "hessian") -> None:
+                 curvature: str = "hessian", compiled: bool = True) -> None:
         if curvature not in CURVATURES:
             raise ValueError(f"curvature must be one of {', '.join(map(repr, CURVATURES))}, got {curvature!r}")
         self.functions, self.data = functions, data
         self.prefix = "stacked_" if stacked else ""
         #: the products :meth:`hvp` gives: the Hessian's or the Gauss–Newton matrix's
         self.product = CURVATURES[curvature]
+        #: ``False``: the same functions, eagerly (never compiled)
+        self.compiled = compiled
+
+    def _call(self, name: str, *args: Tensor):
+        if self.compiled:
+            return self.functions.call(self.prefix + name, *args, *self.data)
+        return self.functions.eager[self.prefix + name](*args, *self.data)
 
     def loss(self, flat: Tensor) -> Tensor:
-        return self.functions.call(self.prefix + "loss", flat, *self.data)
+        return self._call("loss", flat)
 
     def loss_and_grad(self, flat: Tensor) -> tuple[Tensor, Tensor]:
-        grad, value = self.functions.call(self.prefix + "loss_and_grad", flat, *self.data)
+        grad, value = self._call("loss_and_grad", flat)
         return value, grad
 
     def hvp(self, flat: Tensor, v: Tensor) -> Tensor:
-        return self.functions.call(self.prefix + self.product, flat, v, *self.data)
+        return self._call(self.product, flat, v)
+
+    def residuals_and_jacobian(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        """The weighted residual vector ``(M,)`` and its Jacobian ``(M, P)`` (one objective; eager:
+        :meth:`CompiledPINNLoss.residuals_and_jacobian`)."""
+        if self.prefix:
+            raise ValueError("the Jacobian of stacked replicas is not available: solve them one after the other")
+        return self.functions.residuals_and_jacobian(flat, *self.data)
 
 
 class CompiledPINNLoss:
@@ -175,14 +189,49 @@ class CompiledPINNLoss:
 
     def _loss(self, flat: Tensor, *data: Tensor) -> Tensor:
         d = LossData(*data)
-        chunks = [c.view(shape) for c, shape in zip(flat.split([math.prod(s) for s in self.shapes]), self.shapes)]
-        weights, biases = chunks[0::2], chunks[1::2]
+        weights, biases = self._layers(flat)
         residual = residual_of(self.problem, MLPJet(weights, biases, d.interior))
         out = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u
         n_ic = d.initial.shape[0]
         return (d.interior_weight * residual.square().sum()
                 + d.initial_weight * (out[:n_ic] - d.initial_values).square().sum()
                 + d.boundary_weight * (out[n_ic:] - d.boundary_values).square().sum())
+
+    def _layers(self, flat: Tensor) -> tuple[list[Tensor], list[Tensor]]:
+        """The layers' weights and biases of one flat parameter vector."""
+        chunks = [c.view(shape) for c, shape in zip(flat.split([math.prod(s) for s in self.shapes]), self.shapes)]
+        return chunks[0::2], chunks[1::2]
+
+    def residuals_and_jacobian(self, flat: Tensor, *data: Tensor) -> tuple[Tensor, Tensor]:
+        """The weighted residual vector ``r`` ``(M,)`` of :meth:`_residuals` and its Jacobian ``J`` ``(M, P)``.
+
+        Each residual depends on its own point only, so ``J`` is the gradient of one point's residual,
+        vectorized over the points (``vmap`` of ``grad``): reverse mode at the cost of about three
+        residual evaluations in all, where ``jacfwd`` would take ``P`` of them and ``jacrev`` of the
+        whole vector one backward pass per residual.
+        """
+        d = LossData(*data)
+
+        def interior_residual(x: Tensor, point: Tensor) -> Tensor:
+            weights, biases = self._layers(x)
+            return residual_of(self.problem, MLPJet(weights, biases, point.unsqueeze(0))).reshape(())
+
+        def value(x: Tensor, point: Tensor) -> Tensor:
+            weights, biases = self._layers(x)
+            return MLPJet(weights, biases, point.unsqueeze(0)).u.reshape(())
+
+        def per_point(fn: Callable[[Tensor, Tensor], Tensor], points: Tensor) -> tuple[Tensor, Tensor]:
+            return torch.func.vmap(torch.func.grad_and_value(fn), in_dims=(None, 0))(flat, points)
+
+        j_interior, r_interior = per_point(interior_residual, d.interior)
+        j_edge, u_edge = per_point(value, torch.cat([d.initial, d.boundary]))
+        n_ic = d.initial.shape[0]
+        scale = torch.cat([d.interior_weight.sqrt().expand(len(r_interior)),
+                           d.initial_weight.sqrt().expand(n_ic),
+                           d.boundary_weight.sqrt().expand(len(u_edge) - n_ic)])
+        targets = torch.cat([d.initial_values.reshape(-1), d.boundary_values.reshape(-1)])
+        residuals = scale * torch.cat([r_interior, u_edge - targets])
+        return residuals, scale.unsqueeze(1) * torch.cat([j_interior, j_edge])
 
     def _residuals(self, flat: Tensor, *data: Tensor) -> Tensor:
         """The weighted residuals whose sum of squares is :meth:`_loss`: ``sqrt(weight) * r`` of every
@@ -283,12 +332,14 @@ class CompiledPINNLoss:
         with config.patch(**raised):
             return self.compiled[name](*args)
 
-    def derivatives(self, data: LossData, stacked: bool = False,
-                    curvature: str = "hessian") -> CompiledDerivatives | None:
+    def derivatives(self, data: LossData, stacked: bool = False, curvature: str = "hessian",
+                    compiled: bool = True) -> CompiledDerivatives | None:
         """The functions on ``data`` (of ``R`` stacked replicas if ``stacked``; products of the
-        ``curvature``, see :data:`CURVATURES`), or ``None`` once compilation has failed (use the eager
-        graph path)."""
-        return None if self.failed is not None else CompiledDerivatives(self, data, stacked, curvature)
+        ``curvature``, see :data:`CURVATURES`), or, ``compiled`` and once compilation has failed,
+        ``None`` (use the eager graph path); with ``compiled=False`` the same functions eagerly."""
+        if compiled and self.failed is not None:
+            return None
+        return CompiledDerivatives(self, data, stacked, curvature, compiled)
 
 
 _CACHE: dict[tuple, CompiledPINNLoss] = {}

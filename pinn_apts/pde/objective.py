@@ -158,12 +158,15 @@ class PINNObjective:
         biases = [stacked[f"layers.{i}.bias"] for i in layers]
         return stacked_pinn_loss(weights, biases, self.problem, self.batch, [self.parts[d] for d in self.replicas])
 
-    def compiled(self, d: int | None = None, curvature: str = "hessian") -> CompiledDerivatives | None:
+    def compiled(self, d: int | None = None, curvature: str = "hessian",
+                 compiled: bool = True) -> CompiledDerivatives | None:
         """Compiled loss, gradient and Hessian-vector products (:mod:`~pinn_apts.pde.compiled`) of
         replica ``d``'s objective, or with ``d=None`` of :meth:`full` (this process's share across
         processes), as functions of the flat parameters; ``None`` where they are not available
         (a network other than the package's MLP, or compilation failed: use the graph path).
-        ``curvature="gauss_newton"``: Gauss–Newton products instead of the Hessian's."""
+        ``curvature="gauss_newton"``: Gauss–Newton products instead of the Hessian's.
+        ``compiled=False``: the same functions eagerly (for the Gauss–Newton products and the
+        residuals' Jacobian, which the graph path does not give)."""
         if not self._compilable:
             return None
         batch, comm = self.batch, self.communicator
@@ -175,9 +178,9 @@ class PINNObjective:
         else:  # this rank's share, as pinn_loss_share
             interior, interior_weight = self._own_interior(), self._inverse(len(batch.interior))
             sets = share_of_data(batch, comm.rank, comm.world_size)
-        return self._compiled(interior, interior_weight, *sets, stacked=False, curvature=curvature)
+        return self._compiled(interior, interior_weight, *sets, stacked=False, curvature=curvature, compiled=compiled)
 
-    def compiled_stacked(self, curvature: str = "hessian") -> CompiledDerivatives | None:
+    def compiled_stacked(self, curvature: str = "hessian", compiled: bool = True) -> CompiledDerivatives | None:
         """:meth:`stacked_local` compiled, with its gradients and Hessian-vector (or, with
         ``curvature="gauss_newton"``, Gauss–Newton) products, as functions of the stacked flat
         parameters ``(R, P)`` (batched Stage I); ``None`` where not available."""
@@ -186,7 +189,7 @@ class PINNObjective:
         batch = self.batch
         index, weight = padded_parts([self.parts[d] for d in self.replicas], batch.interior)
         return self._compiled(batch.interior[index], weight, batch.initial, batch.initial_values, batch.boundary,
-                              batch.boundary_values, stacked=True, curvature=curvature)
+                              batch.boundary_values, stacked=True, curvature=curvature, compiled=compiled)
 
     @property
     def _compilable(self) -> bool:
@@ -199,13 +202,13 @@ class PINNObjective:
 
     def _compiled(self, interior: Tensor, interior_weight: Tensor, initial: Tensor, initial_values: Tensor,
                   boundary: Tensor, boundary_values: Tensor, stacked: bool,
-                  curvature: str = "hessian") -> CompiledDerivatives | None:
+                  curvature: str = "hessian", compiled: bool = True) -> CompiledDerivatives | None:
         """The compiled functions on these sets (initial and boundary terms: means over the batch's whole
         sets), or ``None`` after a failed compilation."""
         batch = self.batch
         data = LossData(interior, interior_weight, initial, initial_values, self._inverse(len(batch.initial)),
                         boundary, boundary_values, self._inverse(len(batch.boundary)))
-        return compiled_pinn_loss(self.problem, self.net.layer_sizes).derivatives(data, stacked, curvature)
+        return compiled_pinn_loss(self.problem, self.net.layer_sizes).derivatives(data, stacked, curvature, compiled)
 
     @cached_property
     def _layout(self) -> tuple[list[str], list[torch.Size]]:

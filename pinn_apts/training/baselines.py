@@ -106,6 +106,10 @@ class TrustRegionPINN(PINNModule):
     max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol:
         Trust-region constants (:class:`~pinn_apts.core.trust_region.TrustRegionConfig`, where each
         default is defined: the paper's).
+    curvature, subproblem:
+        The model and its solver: ``"hessian"`` and ``"cg"`` (the paper's), or the least-squares
+        step ``"gauss_newton"`` and ``"exact"`` (the Gauss–Newton model minimized within the radius
+        to rounding: trust-region Levenberg–Marquardt; see :mod:`~pinn_apts.core.least_squares`).
     steps_per_iteration:
         Trust-region steps per outer iteration (1: one global step, as in APTS's Stage II).
     compile:
@@ -128,6 +132,8 @@ class TrustRegionPINN(PINNModule):
         cg_max_iter: int = TrustRegionConfig.cg_max_iter,
         damping: float = TrustRegionConfig.damping,
         cg_rtol: float | None = TrustRegionConfig.cg_rtol,
+        curvature: Literal["hessian", "gauss_newton"] = "hessian",
+        subproblem: Literal["cg", "exact"] = "cg",
         steps_per_iteration: int = 1,
         compile: Literal["auto", "on", "off"] = "auto",
         **kwargs,
@@ -138,6 +144,7 @@ class TrustRegionPINN(PINNModule):
         self.optimizer_kwargs = dict(
             radius=radius, max_radius=max_radius, min_radius=min_radius, eta1=eta1, eta2=eta2,
             shrink=shrink, grow=grow, cg_max_iter=cg_max_iter, damping=damping, cg_rtol=cg_rtol,
+            curvature=curvature, subproblem=subproblem,
         )
         TrustRegionConfig.from_mapping(self.optimizer_kwargs).check_radius("radius", radius)
         self.steps_per_iteration = check_int("steps_per_iteration", steps_per_iteration)

@@ -1,0 +1,235 @@
+"""Time to accuracy: the results files against wall-clock seconds instead of outer iterations.
+
+    python -m pinn_apts.paper.report --results results --time results results/budget --figures docs/figures
+
+For each PDE and method: the seconds each run needs to reach a few error levels (a run that never
+reaches one counts as never, it is not dropped), the error each run has at a few budgets, and a
+figure of error against seconds (median and interquartile band over seeds, log axes).
+
+Where the seconds come from, so that nothing is left out silently:
+
+- files with a ``time/elapsed`` curve (runs since the budget study) measure wall-clock seconds from
+  the start of the training loop: compilation, the first iteration, error evaluations, logging and
+  checkpoints all count;
+- older files only hold ``time/iteration``, the optimizer's own work per iteration (compilation and
+  the first iteration included, Lightning's per-step overhead and the error evaluation not); their
+  seconds are its running sum, marked ``≈`` in the tables.  For APTS and TR (0.1-1 s per
+  iteration) the difference is a few percent; for Adam and L-BFGS it is up to half.
+
+The warm-up (the seconds until the first iteration has finished, compilation included) is shown in
+a column of its own.  Seconds depend on the machine and on what else it runs, so the runs set side
+by side must come from one machine and one thread count (:func:`check_one_machine`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "BUDGETS", "THRESHOLDS", "Trace", "check_one_machine", "error_at", "plot_time", "quantiles", "seconds_to_reach",
+    "time_series", "time_tables", "trace",
+]
+
+#: error levels (relative L2) of the time-to-accuracy tables, by PDE: from where every second-order
+#: method arrives quickly down to the best medians of the paper's configurations
+THRESHOLDS = {"heat": (1e-2, 3e-3, 1e-3, 6e-4), "laplace": (2e-2, 1e-2, 6e-3, 4e-3),
+              "burgers": (0.3, 0.1, 0.06, 0.03)}
+#: wall-clock budgets (seconds) at which the tables give each run's error
+BUDGETS = (10, 60, 300, 600)
+
+Series = dict[tuple[str, str], list[dict]]
+"""Results files by ``(problem, label)``; the label names the method and the folder it comes from."""
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A run's relative L2 error at the seconds it was evaluated (both ascending in time)."""
+
+    seconds: np.ndarray
+    errors: np.ndarray
+    #: ``True``: wall-clock seconds (``time/elapsed``); ``False``: the sum of ``time/iteration``
+    measured: bool
+
+    @property
+    def warm_up(self) -> float:
+        """Seconds until the first error point: the first iteration, compilation included."""
+        return float(self.seconds[0])
+
+    @property
+    def end(self) -> float:
+        return float(self.seconds[-1])
+
+
+def time_series(folders: list[Path]) -> Series:
+    """The results of ``folders`` by problem and method, labelled with the method and its folder; where
+    two folders hold one problem and method, the later one's runs are taken (e.g. ``results`` then
+    ``results/budget``: APTS from the matrix, the baselines from their budget runs)."""
+    from .report import LABELS, load_results
+
+    chosen: dict[tuple[str, str], tuple[str, list[dict]]] = {}
+    for folder in folders:
+        for (problem, method), records in load_results(folder).items():
+            chosen[problem, method] = (f"{LABELS.get(method, method)}, {Path(folder).name}", records)
+    order = {method: i for i, method in enumerate(LABELS)}
+    return {(problem, label): records
+            for (problem, method), (label, records) in sorted(chosen.items(), key=lambda c: (c[0][0], order.get(c[0][1], 99)))}
+
+
+def trace(record: dict) -> Trace:
+    """The error of a results file against seconds (see the module's docstring for which seconds)."""
+    curves = record["curves"]
+    errors = dict(curves["error/rel_l2"])
+    if curves.get("time/elapsed"):
+        seconds = dict(curves["time/elapsed"])
+        steps = sorted(k for k in errors if k in seconds)
+        return Trace(np.array([seconds[k] for k in steps]), np.array([errors[k] for k in steps]), True)
+    per_iteration = dict(curves["time/iteration"])
+    steps = sorted(per_iteration)
+    if any(b != a + 1 for a, b in zip(steps, steps[1:])) or steps[:1] != [0]:
+        raise ValueError(f"{_name(record)}: its time/iteration curve skips iterations, and it has no time/elapsed "
+                         "curve, so its seconds cannot be told")
+    total = np.cumsum([per_iteration[k] for k in steps])
+    kept = [k for k in steps if k in errors]
+    return Trace(total[kept], np.array([errors[k] for k in kept]), False)
+
+
+def seconds_to_reach(run: Trace, threshold: float) -> float:
+    """The first second at which the run's error is at or below ``threshold``; ``inf`` if never."""
+    hits = np.nonzero(run.errors <= threshold)[0]
+    return float(run.seconds[hits[0]]) if len(hits) else math.inf
+
+
+def error_at(run: Trace, budget: float) -> float | None:
+    """The run's error after ``budget`` seconds (that of the last point at or before it); ``inf``
+    while it is still in its warm-up (no iteration finished); ``None`` if it ended before ``budget``."""
+    if run.end < budget:
+        return None
+    done = np.nonzero(run.seconds <= budget)[0]
+    return float(run.errors[done[-1]]) if len(done) else math.inf
+
+
+def quantiles(values: list[float]) -> tuple[float, float, float]:
+    """Median and quartiles, interpolated linearly between the sorted values (``statistics.quantiles``'
+    inclusive method); values of ``inf`` (never reached) sort last, and a quantile that falls on or
+    beside one is ``inf``."""
+    ordered = sorted(values)
+    out = []
+    for q in (0.5, 0.25, 0.75):
+        position = q * (len(ordered) - 1)
+        low, high = math.floor(position), math.ceil(position)
+        if low == high:
+            out.append(ordered[low])
+        elif math.isinf(ordered[high]):
+            out.append(math.inf)
+        else:
+            out.append(ordered[low] + (ordered[high] - ordered[low]) * (position - low))
+    return out[0], out[1], out[2]
+
+
+def _g(value: float, never: str = "never") -> str:
+    return never if math.isinf(value) else f"{value:.3g}"
+
+
+def _cell(values: list[float], never: str = "never") -> str:
+    """``median [q1, q3]`` (from 4 runs on; the median alone below) and, where some are ``inf``, how many
+    of the runs are finite; ``inf`` is written ``never``."""
+    median, q1, q3 = quantiles(values)
+    finite = sum(not math.isinf(v) for v in values)
+    if len(values) < 4 or finite == 0:
+        text = _g(median, never)
+    else:
+        text = f"{_g(median, never)} [{_g(q1, never)}, {_g(q3, never)}]"
+    return text if finite == len(values) else f"{text} ({finite}/{len(values)})"
+
+
+def _name(record: dict) -> str:
+    return f"{record['problem']} {record['method']} seed {record['seed']}"
+
+
+def check_one_machine(series: Series) -> None:
+    """Refuse runs of different machines (the ``cpu`` of their provenance) or thread counts: their
+    seconds do not compare.  ``ValueError`` naming one run of each."""
+    seen: dict[tuple, dict] = {}
+    for records in series.values():
+        for record in records:
+            source = record.get("provenance") or {}
+            seen.setdefault((source.get("cpu"), source.get("device"), source.get("threads")), record)
+    if len(seen) > 1:
+        (a, ra), (b, rb) = list(seen.items())[:2]
+        raise ValueError(f"the runs come from different machines or thread counts, whose seconds do not compare: "
+                         f"{_name(ra)} (cpu {a[0]}, device {a[1]}, {a[2]} threads) and {_name(rb)} (cpu {b[0]}, "
+                         f"device {b[1]}, {b[2]} threads)")
+
+
+def time_tables(series: Series, thresholds: dict[str, tuple[float, ...]] = THRESHOLDS,
+                budgets: tuple[float, ...] = BUDGETS) -> str:
+    """Per PDE, two Markdown tables: seconds to reach each error level, and the error at each budget,
+    median [IQR] over seeds.  ``never``: the run (or the quantile) does not reach the level; ``(n/N)``:
+    n of the N runs do; ``≈``: seconds summed from ``time/iteration`` (see the module's docstring)."""
+    check_one_machine(series)
+    lines = []
+    for problem in sorted({p for p, _ in series}):
+        levels = thresholds.get(problem, ())
+        rows = [(label, [trace(r) for r in records]) for (p, label), records in series.items() if p == problem]
+        lines += [f"#### {problem}: seconds to reach a relative L2 error", "",
+                  "| method | runs | warm-up s | run length s | " + " | ".join(f"≤ {t:g}" for t in levels) + " |",
+                  "|---|---|---|---|" + "---|" * len(levels)]
+        for label, runs in rows:
+            mark = "" if all(run.measured for run in runs) else "≈ "
+            lines.append(f"| {label} | {len(runs)} | {mark}{_cell([run.warm_up for run in runs])} "
+                         f"| {mark}{_cell([run.end for run in runs])} | "
+                         + " | ".join(mark + _cell([seconds_to_reach(run, t) for run in runs]) for t in levels) + " |")
+        lines += ["", f"#### {problem}: relative L2 error after a budget of seconds", "",
+                  "| method | " + " | ".join(f"{b:g} s" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+        for label, runs in rows:
+            cells = []
+            for budget in budgets:
+                values = [e for e in (error_at(run, budget) for run in runs) if e is not None]
+                if not values:
+                    cells.append(f"ended (by {max(run.end for run in runs):.0f} s)")
+                    continue
+                cell = _cell(values, never="warm-up")
+                cells.append(cell if len(values) == len(runs) else f"{cell}, {len(values)} of {len(runs)} ran this long")
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_time(series: Series, problem: str, path: Path | None = None):
+    """Error against seconds for every method of ``problem``: median over seeds and interquartile band,
+    log axes; a method's line starts after its warm-up and stops where its runs stop."""
+    from matplotlib.figure import Figure
+
+    check_one_machine(series)
+    rows = [(label, [trace(r) for r in records]) for (p, label), records in series.items() if p == problem]
+    start = min(run.warm_up for _, runs in rows for run in runs)
+    stop = max(run.end for _, runs in rows for run in runs)
+    grid = np.geomspace(start, stop, 400)
+    fig = Figure(figsize=(7.5, 4.8), layout="constrained")
+    ax = fig.subplots()
+    for i, (label, runs) in enumerate(rows):
+        values = np.full((len(runs), len(grid)), np.nan)
+        for row, run in zip(values, runs):
+            alive = (grid >= run.warm_up) & (grid <= run.end)
+            row[alive] = run.errors[np.searchsorted(run.seconds, grid[alive], side="right") - 1]
+        shown = np.sum(~np.isnan(values), axis=0) * 2 > len(runs)  # where most runs have a value
+        if not shown.any():
+            continue
+        low, median, high = np.nanpercentile(values[:, shown], [25, 50, 75], axis=0)
+        mark = "" if all(run.measured for run in runs) else " (≈ s)"
+        ax.plot(grid[shown], median, lw=1.2, color=f"C{i}", label=f"{label}{mark}")
+        ax.fill_between(grid[shown], low, high, color=f"C{i}", alpha=0.2, lw=0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("wall-clock seconds")
+    ax.set_ylabel("relative L2 error")
+    ax.set_title(f"{problem}: error against seconds (median, interquartile band)")
+    ax.legend(fontsize=7)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+    return fig

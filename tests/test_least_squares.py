@@ -1,0 +1,145 @@
+"""The exact Gauss–Newton trust-region descent (core/least_squares.py), on small dense problems first."""
+
+import math
+
+import pytest
+import torch
+
+from pinn_apts.core.least_squares import GaussNewtonModel, solve_in_eigenbasis
+from pinn_apts.core.trust_region import StopReason
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def boundary_reference(matrix, gradient, radius):
+    """The step of ``min g^T s + 1/2 s^T B s, |s| = radius`` by bisection on lambda with dense solves
+    (independent of the eigendecomposition): |(B + lambda I)^{-1} g| falls from +inf to 0 past -min eig."""
+    n = len(gradient)
+    low = max(0.0, -float(torch.linalg.eigvalsh(matrix)[0])) + 1e-15
+    high = low + float(gradient.norm()) / radius + 1.0
+
+    def step(lam):
+        return torch.linalg.solve(matrix + lam * torch.eye(n), -gradient)
+
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if float(step(mid).norm()) > radius else (low, mid)
+    return step(0.5 * (low + high))
+
+
+def model(matrix, gradient, s):
+    return float(gradient @ s + 0.5 * s @ matrix @ s)
+
+
+def solve_dense(matrix, gradient, radius):
+    theta, vectors = torch.linalg.eigh(matrix)
+    found = solve_in_eigenbasis(theta, vectors.T @ gradient, radius)
+    return vectors @ found.coefficients, found
+
+
+def random_spd(n, generator, low=0.1, high=10.0):
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=generator))
+    return q @ torch.diag(torch.linspace(low, high, n)) @ q.T, q
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_an_interior_solution_is_the_newton_step(seed):
+    generator = torch.Generator().manual_seed(seed)
+    matrix, _ = random_spd(12, generator)
+    gradient = torch.randn(12, generator=generator)
+    newton = torch.linalg.solve(matrix, -gradient)
+    s, found = solve_dense(matrix, gradient, 2 * float(newton.norm()))
+    assert not found.boundary and found.multiplier == 0.0
+    assert torch.allclose(s, newton, atol=1e-12, rtol=0)
+    assert found.predicted_reduction == pytest.approx(-model(matrix, gradient, s), rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("definite", [True, False])
+def test_a_boundary_solution_matches_a_dense_reference(seed, definite):
+    generator = torch.Generator().manual_seed(seed)
+    matrix, _ = random_spd(12, generator, low=-3.0 if not definite else 0.1)
+    gradient = torch.randn(12, generator=generator)
+    radius = 0.3
+    s, found = solve_dense(matrix, gradient, radius)
+    reference = boundary_reference(matrix, gradient, radius)
+    assert found.boundary and not found.hard_case
+    assert float(s.norm()) == pytest.approx(radius, rel=1e-12)
+    assert float((s - reference).norm()) <= 1e-10
+    # optimality (Moré & Sorensen): (B + lambda I) s = -g with B + lambda I positive semi-definite
+    shifted = matrix + found.multiplier * torch.eye(12)
+    assert float((shifted @ s + gradient).norm()) <= 1e-10
+    assert float(torch.linalg.eigvalsh(shifted)[0]) >= -1e-12
+
+
+def test_the_hard_case_is_completed_along_the_smallest_eigenvector():
+    generator = torch.Generator().manual_seed(3)
+    matrix, q = random_spd(10, generator, low=-2.0, high=5.0)  # smallest eigenvalue -2, eigenvector q[:, 0]
+    gradient = 0.1 * (q[:, 1:] @ torch.randn(9, generator=generator))  # no component along q[:, 0]
+    radius = 5.0
+    s, found = solve_dense(matrix, gradient, radius)
+    assert found.hard_case and found.boundary and found.multiplier == pytest.approx(2.0, rel=1e-12)
+    assert float(s.norm()) == pytest.approx(radius, rel=1e-12)
+    shifted = matrix + 2.0 * torch.eye(10)
+    assert float((shifted @ s + gradient).norm()) <= 1e-10
+    # the reference: the least-norm solution of (B + 2 I) s = -g, completed along q[:, 0]
+    base = -torch.linalg.pinv(shifted, hermitian=True) @ gradient
+    reference = base + math.sqrt(radius**2 - float(base.norm()) ** 2) * q[:, 0]
+    assert model(matrix, gradient, s) == pytest.approx(model(matrix, gradient, reference), abs=1e-10)
+    # on a sphere through no better point: a small rotation of s within the sphere raises the model
+    for _ in range(20):
+        other = s + 1e-3 * torch.randn(10, generator=generator)
+        other = radius * other / other.norm()
+        assert model(matrix, gradient, other) >= model(matrix, gradient, s) - 1e-12
+
+
+@pytest.mark.parametrize("rows, cols", [(30, 12), (8, 20)])  # more residuals than parameters, and fewer
+def test_gauss_newton_steps_of_a_rank_deficient_jacobian_match_dense_references(rows, cols):
+    generator = torch.Generator().manual_seed(rows)
+    rank = 5
+    jacobian = torch.randn(rows, rank, generator=generator) @ torch.randn(rank, cols, generator=generator)
+    residuals = torch.randn(rows, generator=generator)
+    gn = GaussNewtonModel.of(residuals, jacobian)
+    assert gn.directions.shape[1] <= max(rank, min(rows, cols))
+    # a large radius: the least-norm Gauss–Newton step, -pinv(J) r
+    least_norm = -torch.linalg.pinv(jacobian) @ residuals
+    inside = gn.solve(10 * float(least_norm.norm()))
+    assert inside.reason == StopReason.CONVERGED
+    assert float((inside.step - least_norm).norm()) <= 1e-10
+    full = residuals + jacobian @ inside.step
+    assert inside.predicted_reduction == pytest.approx(float(residuals @ residuals - full @ full), rel=1e-10)
+    # a small radius: the dense reference on B = 2 J^T J
+    radius = 0.2 * float(least_norm.norm())
+    on_edge = gn.solve(radius)
+    reference = boundary_reference(2 * jacobian.T @ jacobian, 2 * jacobian.T @ residuals, radius)
+    assert on_edge.reason == StopReason.BOUNDARY
+    assert float((on_edge.step - reference).norm()) <= 1e-10
+
+
+def test_on_a_linear_least_squares_problem_one_step_lands_on_the_minimizer():
+    generator = torch.Generator().manual_seed(0)
+    a, y = torch.randn(40, 9, generator=generator), torch.randn(40, generator=generator)
+    theta = torch.randn(9, generator=generator)
+    gn = GaussNewtonModel.of(a @ theta - y, a)
+    step = gn.solve(1e6)
+    minimizer = torch.linalg.lstsq(a, y.unsqueeze(1)).solution.squeeze(1)
+    assert float((theta + step.step - minimizer).norm()) <= 1e-10
+
+
+def test_damping_and_non_finite_models():
+    jacobian, residuals = torch.eye(3), torch.ones(3)
+    damped = GaussNewtonModel.of(residuals, jacobian, damping=2.0).solve(100.0)
+    assert torch.allclose(damped.step, -torch.ones(3) * 2 / (2 + 2))  # (2 J^T J + 2 I) s = -2 J^T r
+    broken = GaussNewtonModel.of(torch.tensor([1.0, math.nan, 0.0]), jacobian).solve(1.0)
+    assert broken.reason == StopReason.NON_FINITE and float(broken.step.abs().sum()) == 0.0
+    with pytest.raises(ValueError, match="damping must be finite and >= 0, got -1"):
+        GaussNewtonModel.of(residuals, jacobian, damping=-1.0)
+    with pytest.raises(ValueError, match=r"jacobian must be \(M, P\) and residuals \(M,\)"):
+        GaussNewtonModel.of(torch.ones(4), jacobian)

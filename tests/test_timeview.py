@@ -1,0 +1,90 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pinn_apts.paper.report import main as report_main
+from pinn_apts.paper.timeview import (
+    check_one_machine, error_at, plot_time, quantiles, seconds_to_reach, time_series, time_tables, trace,
+)
+
+MACHINE = {"cpu": "AMD EPYC", "device": "cpu", "threads": 1, "commit": "abc", "dirty": False}
+
+
+def record(method, seed, seconds, errors, problem="heat", provenance=MACHINE, per_iteration=False):
+    """A results file whose error is evaluated at outer iterations 0..n-1 at the given seconds."""
+    steps = range(len(errors))
+    curves = {"error/rel_l2": list(zip(steps, errors)), "loss/total": list(zip(steps, errors))}
+    if per_iteration:  # an older file: only the optimizer's seconds per iteration
+        curves["time/iteration"] = list(zip(steps, np.diff([0.0, *seconds])))
+    else:
+        curves["time/elapsed"] = list(zip(steps, seconds))
+    return {"problem": problem, "method": method, "seed": seed, "iterations": len(errors), "curves": curves,
+            "provenance": dict(provenance), "final_rel_l2": errors[-1], "final_rmse": errors[-1],
+            "seconds_per_iteration": 1.0}
+
+
+# four runs of four iterations that last 30 to 60 seconds; the last never reaches 1e-3
+RUNS = [
+    record("tr", 0, [1, 10, 30, 50], [1e-2, 1e-3, 7e-4, 5e-4]),
+    record("tr", 1, [2, 20, 40, 60], [1e-2, 1e-3, 9e-4, 8e-4]),
+    record("tr", 2, [1, 5, 40, 45], [1e-2, 2e-3, 1e-3, 9e-4]),
+    record("tr", 3, [3, 10, 20, 30], [1e-2, 5e-3, 3e-3, 2e-3]),
+]
+
+
+def test_seconds_to_reach_and_error_at_a_budget_count_every_run():
+    runs = [trace(r) for r in RUNS]
+    reach = [seconds_to_reach(run, 1e-3) for run in runs]
+    assert reach == [10, 20, 40, math.inf]
+    # sorted 10, 20, 40, never: median half-way between 20 and 40, upper quartile beside a never
+    assert quantiles(reach) == (30.0, 17.5, math.inf)
+    assert [run.warm_up for run in runs] == [1, 2, 1, 3] and [run.end for run in runs] == [50, 60, 45, 30]
+    assert [error_at(run, 35) for run in runs] == [7e-4, 1e-3, 2e-3, None]  # the last ended at 30 s
+    assert error_at(runs[3], 2) == math.inf  # still in its warm-up
+    table = time_tables({("heat", "TR"): RUNS}, thresholds={"heat": (1e-3, 1e-4)}, budgets=(2, 35, 100))
+    row = next(line for line in table.splitlines() if line.startswith("| TR | 4 "))
+    assert "| 30 [17.5, never] (3/4) |" in row and "| never (0/4) |" in row
+    budget_row = [line for line in table.splitlines() if line.startswith("| TR |")][1]
+    # at 2 s three runs have a point and one is in its warm-up; at 35 s three of four still run (a
+    # median alone below four runs); none runs 100 s
+    assert budget_row == "| TR | 0.01 [0.01, warm-up] (3/4) | 0.001, 3 of 4 ran this long | ended (by 60 s) |"
+
+
+def test_older_files_sum_the_seconds_per_iteration_and_are_marked():
+    old = record("apts_d4", 0, [15.0, 16.0, 18.0], [0.1, 0.01, 0.001], per_iteration=True)
+    run = trace(old)
+    assert not run.measured and np.allclose(run.seconds, [15, 16, 18])
+    assert "| ≈ 15 | ≈ 18 | ≈ 16 |" in time_tables({("heat", "APTS"): [old]}, thresholds={"heat": (0.01,)})
+
+
+@pytest.mark.parametrize("other, named", [({"cpu": "Intel Xeon"}, "cpu Intel Xeon"), ({"threads": 2}, "2 threads")])
+def test_runs_of_other_machines_or_thread_counts_are_refused_naming_both(tmp_path, other, named):
+    mixed = {("heat", "TR"): RUNS[:2], ("heat", "Adam"): [record("adam", 0, [1, 2], [0.1, 0.01],
+                                                                   provenance={**MACHINE, **other})]}
+    with pytest.raises(ValueError, match="different machines or thread counts") as info:
+        check_one_machine(mixed)
+    assert "heat tr seed 0 (cpu AMD EPYC, device cpu, 1 threads)" in str(info.value) and named in str(info.value)
+    # from the command line: two folders, one machine each
+    for folder, records in (("matrix", RUNS), ("budget", mixed["heat", "Adam"])):
+        (tmp_path / folder).mkdir()
+        for r in records:
+            (tmp_path / folder / f"{r['problem']}_{r['method']}_s{r['seed']}.json").write_text(json.dumps(r))
+    with pytest.raises(SystemExit, match=f"report: the runs come from different machines.*{named}"):
+        report_main(["--results", str(tmp_path / "matrix"), "--time", str(tmp_path / "matrix"), str(tmp_path / "budget")])
+
+
+def test_a_later_folder_replaces_a_method_and_the_figure_draws_every_method(tmp_path):
+    for folder, records in (("matrix", [*RUNS, record("adam", 0, [1, 2], [0.1, 0.05])]),
+                            ("budget", [record("adam", s, [1, 100, 600], [0.1, 0.01, 0.005]) for s in range(3)])):
+        (tmp_path / folder).mkdir()
+        for r in records:
+            (tmp_path / folder / f"{r['problem']}_{r['method']}_s{r['seed']}.json").write_text(json.dumps(r))
+    series = time_series([tmp_path / "matrix", tmp_path / "budget"])
+    assert list(series) == [("heat", "Adam, budget"), ("heat", "TR, matrix")]
+    assert len(series["heat", "Adam, budget"]) == 3
+    fig = plot_time(series, "heat", tmp_path / "time_heat.png")
+    assert (tmp_path / "time_heat.png").stat().st_size > 5_000
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert labels == ["Adam, budget", "TR, matrix"]
