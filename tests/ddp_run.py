@@ -2,6 +2,7 @@
 
     python tests/ddp_run.py --devices 2 --subdomains 4 --replicas sequential --steps 10 --out theta.pt
     python tests/ddp_run.py --devices 2 --compile on --steps 6 --out theta.pt   # compiled steps across processes
+    python tests/ddp_run.py --devices 2 --least-squares --out theta.pt       # exact Gauss–Newton steps
 
 Rank 0 saves the final parameters, radius and counters to ``--out``.
 """
@@ -22,12 +23,20 @@ if __name__ == "__main__":
     parser.add_argument("--problem", default="burgers")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--coherent", action="store_true", help="first-order coherent local objectives")
+    parser.add_argument("--least-squares", action="store_true", help="both stages' Gauss–Newton models solved exactly")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    least_squares = dict(curvature="gauss_newton", subproblem="exact", local_curvature="gauss_newton",
+                         local_subproblem="exact", damping=0.0) if args.least_squares else {}
     model = APTSPINN(problem=args.problem, num_subdomains=args.subdomains, replicas=args.replicas, seed=3,
-                     compile=args.compile, coherent=args.coherent)
-    data = PINNDataModule(args.problem, seed=3, early_sizes=(400, 100, 40), late_sizes=(400, 50, 50))
+                     compile=args.compile, coherent=args.coherent, **least_squares)
+    # least squares: at least as many residuals as parameters (921), as at the paper's sizes, so that one
+    # process and several both solve Stage II from the normal equations (with fewer, one process takes
+    # the eigenbasis of J J^T and several that of J^T J: both exact, equal to the problem's conditioning)
+    sizes = dict(early_sizes=(800, 100, 40), late_sizes=(800, 100, 60)) if args.least_squares else \
+        dict(early_sizes=(400, 100, 40), late_sizes=(400, 50, 50))
+    data = PINNDataModule(args.problem, seed=3, **sizes)
     trainer = L.Trainer(
         max_steps=args.steps, precision="64-true", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=args.devices,

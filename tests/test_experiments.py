@@ -127,7 +127,8 @@ def test_budget_plan_fills_the_budget_from_measured_seconds():
         return {"problem": problem, "method": method, "provenance": {"cpu": "x"},
                 "curves": {"time/elapsed": [(k, warm_up + k * per_iteration) for k in steps]}}
 
-    table = calibrate_budget([record("heat", "adam", 0.01), record("heat", "tr", 0.13)], seconds=600, margin=1.25)
+    table = calibrate_budget([record("heat", "adam", 0.01), record("heat", "tr", 0.13)], seconds=600,
+                             margin={"adam": 1.25, "tr": 1.25})
     # the warm-up (the first point) is left out: 600 * 1.25 / 0.01 = 75000; / 0.13 = 5769.2 -> 5800
     assert table["iterations"] == {"heat": {"adam": 75000, "tr": 5800}}
     assert table["measured_seconds_per_iteration"]["heat"] == {"adam": 0.01, "tr": 0.13}
@@ -136,7 +137,8 @@ def test_budget_plan_fills_the_budget_from_measured_seconds():
     with pytest.raises(ValueError, match=r"no budget run of 'lbfgs' on 'heat'; measure it with --calibrate"):
         budget_plan("heat", "lbfgs", table)
     # whole runs that went faster per iteration than the calibration run plan a longer budget run; slower do not
-    table = calibrate_budget([record("heat", "adam", 0.01), record("heat", "tr", 0.13)], seconds=600, margin=1.25,
+    table = calibrate_budget([record("heat", "adam", 0.01), record("heat", "tr", 0.13)], seconds=600,
+                             margin={"adam": 1.25, "tr": 1.25},
                              whole_runs={("heat", "adam"): 0.005, ("heat", "tr"): 0.2})
     assert table["iterations"] == {"heat": {"adam": 150000, "tr": 5800}}
     committed = json.loads(BUDGET_FILE.read_text())  # the table the committed budget runs were planned with

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from pinn_apts.core.least_squares import GaussNewtonModel, solve_in_eigenbasis
+from pinn_apts.core.least_squares import GaussNewtonModel, NormalEquationsModel, solve_in_eigenbasis
 from pinn_apts.core.trust_region import StopReason
 
 
@@ -106,8 +106,8 @@ def test_gauss_newton_steps_of_a_rank_deficient_jacobian_match_dense_references(
     rank = 5
     jacobian = torch.randn(rows, rank, generator=generator) @ torch.randn(rank, cols, generator=generator)
     residuals = torch.randn(rows, generator=generator)
-    gn = GaussNewtonModel.of(residuals, jacobian)
-    assert gn.directions.shape[1] <= max(rank, min(rows, cols))
+    gn = GaussNewtonModel.of(residuals, jacobian, rtol=1e-12)  # more rows: Cholesky factorizations; fewer: an eigenbasis
+    assert isinstance(gn, NormalEquationsModel if rows >= cols else GaussNewtonModel)
     # a large radius: the least-norm Gauss–Newton step, -pinv(J) r
     least_norm = -torch.linalg.pinv(jacobian) @ residuals
     inside = gn.solve(10 * float(least_norm.norm()))
@@ -121,6 +121,27 @@ def test_gauss_newton_steps_of_a_rank_deficient_jacobian_match_dense_references(
     reference = boundary_reference(2 * jacobian.T @ jacobian, 2 * jacobian.T @ residuals, radius)
     assert on_edge.reason == StopReason.BOUNDARY
     assert float((on_edge.step - reference).norm()) <= 1e-10
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.3])
+def test_cholesky_factorizations_and_the_eigenbasis_give_one_step(damping):
+    generator = torch.Generator().manual_seed(7)
+    jacobian = torch.randn(50, 20, generator=generator) * torch.logspace(0, -4, 20)  # ill-conditioned, full rank
+    residuals = torch.randn(50, generator=generator)
+    normal = GaussNewtonModel.of(residuals, jacobian, damping, rtol=1e-12)
+    eigen = normal.eigen()
+    for radius in (10.0, 0.1, 1e-3, 1e6):  # a smaller radius starts from the larger one's mu
+        a, b = normal.solve(radius), eigen.solve(radius)
+        assert a.reason == b.reason
+        assert float((a.step - b.step).norm()) <= 1e-9 * max(float(b.step.norm()), 1.0)
+        assert a.predicted_reduction == pytest.approx(b.predicted_reduction, rel=1e-9)
+    # the default tolerance: a step within 1% below the radius, the model's exact minimizer within its own norm
+    loose = GaussNewtonModel.of(residuals, jacobian, damping)
+    for radius in (1.0, 0.1, 1e-3):  # all below the Gauss–Newton step's norm (1.8 and 1.4)
+        step = loose.solve(radius)
+        assert step.reason == StopReason.BOUNDARY and 0.99 * radius <= float(step.step.norm()) <= radius
+        exact = eigen.solve(float(step.step.norm()))
+        assert float((step.step - exact.step).norm()) <= 1e-8 * float(exact.step.norm())
 
 
 def test_on_a_linear_least_squares_problem_one_step_lands_on_the_minimizer():
@@ -143,3 +164,35 @@ def test_damping_and_non_finite_models():
         GaussNewtonModel.of(residuals, jacobian, damping=-1.0)
     with pytest.raises(ValueError, match=r"jacobian must be \(M, P\) and residuals \(M,\)"):
         GaussNewtonModel.of(torch.ones(4), jacobian)
+
+
+def pinn_objective(communicator=None, problem="burgers", num_subdomains=4):
+    from pinn_apts import PINNObjective
+    from pinn_apts.pde.model import MLP
+    from pinn_apts.pde.problems import get_problem
+    from pinn_apts.pde.sampling import CollocationSampler, Curriculum
+
+    problem = get_problem(problem)
+    batch = CollocationSampler(problem, total_iterations=10, curriculum=Curriculum((60, 20, 10), (60, 10, 10), 0.3),
+                               seed=0).batch(3)
+    net = MLP(seed=0)
+    return net, PINNObjective(net, problem, batch, num_subdomains, communicator)
+
+
+@pytest.mark.parametrize("problem", ["heat", "burgers", "laplace"])
+@pytest.mark.parametrize("part", [None, 1, "share"])  # the full objective, a replica's, a process's share
+def test_the_residual_jacobian_is_torch_funcs_and_its_squares_the_loss(problem, part):
+    from torch.nn.utils import parameters_to_vector
+
+    from .conftest import FakeRank
+
+    net, objective = pinn_objective(FakeRank(1, 2) if part == "share" else None, problem)
+    flat = objective.compiled(None if part == "share" else part, curvature="gauss_newton", compiled=False)
+    theta = parameters_to_vector(net.parameters()).detach()
+    residuals, jacobian = flat.residuals_and_jacobian(theta)
+    reference = torch.func.jacrev(lambda x: flat.functions._residuals(x, *flat.data))(theta)
+    assert jacobian.shape == reference.shape == (len(residuals), len(theta))
+    assert float((jacobian - reference).abs().max()) <= 1e-12 * float(reference.abs().max())
+    assert float(residuals @ residuals) == pytest.approx(float(flat.loss(theta)), rel=1e-13)
+    # 2 J^T r is the loss's gradient
+    assert torch.allclose(2 * residuals @ jacobian, flat.loss_and_grad(theta)[1], rtol=0, atol=1e-12)

@@ -52,6 +52,15 @@ def test_seconds_to_reach_and_error_at_a_budget_count_every_run():
     assert budget_row == "| TR | 0.01 [0.01, warm-up] (3/4) | 0.001, 3 of 4 ran this long | ended (by 60 s) |"
 
 
+def test_runs_of_other_vector_capabilities_are_named_not_refused():
+    other = record("adam", 0, [1, 2], [0.1, 0.01], provenance={**MACHINE, "cpu_capability": "AVX512"})
+    same = [{**r, "provenance": {**MACHINE, "cpu_capability": "AVX2"}} for r in RUNS]
+    table = time_tables({("heat", "TR"): same, ("heat", "Adam"): [other]})
+    assert table.startswith("Runs of CPUs with different vector capabilities are set side by side here: "
+                            "AVX2: TR; AVX512: Adam.")
+    assert not time_tables({("heat", "TR"): same}).startswith("Runs of CPUs")
+
+
 def test_older_files_sum_the_seconds_per_iteration_and_are_marked():
     old = record("apts_d4", 0, [15.0, 16.0, 18.0], [0.1, 0.01, 0.001], per_iteration=True)
     run = trace(old)

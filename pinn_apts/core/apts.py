@@ -45,9 +45,11 @@ researcher would vary them):
   to ``Delta_k / J``).  With ``local_retry`` a rejected local step is retried at once with the
   smaller radius instead of using up one of the ``J`` steps.
 - *Combination.*  ``combine="average"`` (paper) or ``"sum"`` (the additive-Schwarz form).
-- *Local curvature.*  ``local_curvature="gauss_newton"`` (not in the paper) solves the replicas'
-  subproblems with Gauss–Newton products ``2 J^T J v`` of their residuals instead of Hessian-vector
-  products (Stage II keeps the Hessian); it needs the objective's compiled derivatives.
+- *Curvature and subproblem solver* (not in the paper).  ``local_curvature="gauss_newton"`` solves
+  the replicas' subproblems with the Gauss–Newton matrix ``2 J^T J`` of their residuals instead of
+  the Hessian, ``curvature="gauss_newton"`` Stage II's; ``local_subproblem="exact"`` and
+  ``subproblem="exact"`` solve those Gauss–Newton subproblems exactly instead of by 12 CG
+  iterations (:mod:`~pinn_apts.core.least_squares`: trust-region Levenberg–Marquardt).
 - *Loss reuse.*  The loss of the acceptance test, at ``theta_{k+1/2}``, starts Stage II, so
   the full loss is evaluated once less per iteration; nothing in the results changes.
 """
@@ -57,7 +59,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from typing import Literal, Protocol
 
@@ -66,9 +68,18 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .distributed import Communicator, replicas_of_rank
-from .optim import RecordingOptimizer, StepInfo, check_compile, offered, trust_region_step
+from .optim import RecordingOptimizer, StepInfo, check_compile, flat_derivatives, offered, trust_region_step
 from .replicas import LocalSolveResult, batched_local_solves, flat_gradient, local_solves
-from .trust_region import DEFAULT_RADIUS, StopReason, TrustRegionConfig, reduction_ratio, update_radius
+from .trust_region import (
+    DEFAULT_RADIUS,
+    SUBPROBLEMS,
+    StopReason,
+    TrustRegionConfig,
+    check_choice,
+    check_exact_needs_gauss_newton,
+    reduction_ratio,
+    update_radius,
+)
 
 __all__ = ["APTS", "APTSConfig", "APTSObjective", "APTSStepInfo", "APTSTotals", "Objective", "resolve_replicas"]
 
@@ -108,11 +119,15 @@ class APTSConfig:
     local_curvature:
         The curvature of the replicas' subproblems: ``"hessian"`` (the paper) or ``"gauss_newton"``
         (``2 J^T J`` of the local objective's residuals: positive semi-definite, without the
-        residuals' own second derivatives; Stage II keeps the Hessian).  Gauss–Newton products are
-        offered by the objective's compiled derivatives only (``compile=True``, the package's PINN
-        objective).
+        residuals' own second derivatives).  Gauss–Newton needs an objective that gives its
+        residuals as a function of the flat parameters (the package's PINN objective).
+    local_subproblem:
+        How the replicas' subproblems are solved: ``"cg"`` (Steihaug CG, the paper) or ``"exact"``
+        (the Gauss–Newton model's minimizer within the radius; needs ``local_curvature="gauss_newton"``
+        and the replicas one after the other).
     trust_region:
-        The constants of the global and the local trust-region steps (defaults: the paper's).
+        The constants of the global and the local trust-region steps (defaults: the paper's); its
+        ``curvature`` and ``subproblem`` are Stage II's.
     """
 
     num_subdomains: int = 4
@@ -124,6 +139,7 @@ class APTSConfig:
     stage1_search: int = 0
     coherent: bool = False
     local_curvature: Literal["hessian", "gauss_newton"] = "hessian"
+    local_subproblem: Literal["cg", "exact"] = "cg"
     trust_region: TrustRegionConfig = TrustRegionConfig()
 
     def __post_init__(self) -> None:
@@ -146,8 +162,19 @@ class APTSConfig:
         if self.local_curvature not in ("hessian", "gauss_newton"):
             raise ValueError(
                 f"local_curvature must be 'hessian' or 'gauss_newton', got {self.local_curvature!r}")
+        check_choice("local_subproblem", self.local_subproblem, SUBPROBLEMS)
+        check_exact_needs_gauss_newton("local_subproblem", self.local_subproblem, "local_curvature",
+                                       self.local_curvature)
         if self.replicas == "batched" and self.local_retry:
             raise ValueError("local_retry must be False with replicas='batched'")
+        if self.replicas == "batched" and self.local_subproblem == "exact":
+            raise ValueError("local_subproblem='exact' solves the replicas one after the other: use "
+                             "replicas='sequential' or 'auto'")
+
+    @property
+    def local_trust_region(self) -> TrustRegionConfig:
+        """The constants of the replicas' steps: Stage II's, with the local curvature and solver."""
+        return replace(self.trust_region, curvature=self.local_curvature, subproblem=self.local_subproblem)
 
     def flat(self) -> dict:
         """Every setting under its own name, the trust-region constants beside the APTS ones
@@ -297,13 +324,15 @@ class APTS(RecordingOptimizer):
     params:
         Parameters ``theta`` (one group).
     num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius, stage1_search, coherent, \
-    local_curvature:
+    local_curvature, local_subproblem:
         See :class:`APTSConfig`.
     radius:
         Initial radius ``Delta_0`` (default 1.0, in ``[min_radius, max_radius]``).
     max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol:
         Trust-region constants for the global and local steps (:class:`TrustRegionConfig`, where
         each default is defined: the paper's).
+    curvature, subproblem:
+        Stage II's model and solver (:class:`TrustRegionConfig`; the paper's: ``"hessian"``, ``"cg"``).
     compile:
         Run Stage I's local solves and Stage II on the objective's compiled loss, gradient and
         Hessian-vector products (``objective.compiled(d)``, for batched replicas
@@ -350,13 +379,17 @@ class APTS(RecordingOptimizer):
         stage1_search: int = APTSConfig.stage1_search,
         coherent: bool = APTSConfig.coherent,
         local_curvature: Literal["hessian", "gauss_newton"] = APTSConfig.local_curvature,
+        local_subproblem: Literal["cg", "exact"] = APTSConfig.local_subproblem,
+        curvature: Literal["hessian", "gauss_newton"] = TrustRegionConfig.curvature,
+        subproblem: Literal["cg", "exact"] = TrustRegionConfig.subproblem,
         communicator: Communicator | None = None,
         compile: bool = False,
     ) -> None:
-        tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol)
+        tr = TrustRegionConfig(max_radius, min_radius, eta1, eta2, shrink, grow, cg_max_iter, damping, cg_rtol,
+                               curvature, subproblem)
         tr.check_radius("radius", radius)
         config = APTSConfig(num_subdomains, local_steps, combine, local_retry, replicas, stage1_radius,
-                            stage1_search, coherent, local_curvature, trust_region=tr)
+                            stage1_search, coherent, local_curvature, local_subproblem, trust_region=tr)
         super().__init__(params, config.flat(), radius)
         self.state[self.key]["stage1_own_radius"] = float(radius)
         self.communicator = communicator or Communicator()
@@ -399,7 +432,7 @@ class APTS(RecordingOptimizer):
                 f"num_subdomains={config.num_subdomains} and the optimizer's communicator"
             )
         params = [p for p in self.param_groups[0]["params"] if p.requires_grad]
-        can_batch = bool(getattr(objective, "can_stack", False))
+        can_batch = bool(getattr(objective, "can_stack", False)) and config.local_subproblem != "exact"
         mode = resolve_replicas(config.replicas, params[0].device, len(self.replicas), config.local_retry,
                                 can_batch=can_batch)
         needs = "local" if mode == "sequential" else "stacked_local"
@@ -429,19 +462,15 @@ class APTS(RecordingOptimizer):
 
         # ---- Stage I: additive preconditioning ----------------------------------------
         t0 = time.perf_counter()
-        global_derivatives = offered(objective, "compiled", self.compile)
-        compiled = objective.compiled if global_derivatives is not None else None  # then per replica too
-        local_curvature = config.local_curvature
-        curvature = {} if local_curvature == "hessian" else {"curvature": local_curvature}  # the paper's: none
-        if curvature:
-            if compiled is None:
-                raise ValueError(
-                    f"local_curvature={local_curvature!r} needs the objective's compiled derivatives: compile=True "
-                    "(APTSPINN: compile 'on' or 'auto') and an objective that offers them (the package's PINNObjective "
-                    "with its MLP), compiled without error (a RuntimeWarning 'compile: could not compile ...' says "
-                    "why it failed)")
-            compiled = partial(objective.compiled, **curvature)
-        graph = torch.enable_grad() if compiled is None else torch.no_grad()  # compiled: no graph needed
+        global_derivatives = flat_derivatives(objective, tr.curvature, self.compile)
+        local_tr = config.local_trust_region
+        if local_tr.curvature == "hessian":  # the paper's: compiled where Stage II is (then per replica too)
+            compiled = objective.compiled if offered(objective, "compiled", self.compile) is not None else None
+        else:
+            flat_derivatives(objective, local_tr.curvature, self.compile)  # refuses an objective without them
+            compiled = partial(flat_derivatives, objective, local_tr.curvature, self.compile)
+        curvature = {} if local_tr.curvature == "hessian" else {"curvature": local_tr.curvature}  # batched replicas
+        graph = torch.enable_grad() if global_derivatives is None else torch.no_grad()  # flat functions: no graph
         with graph:
             loss = closure()
         loss_value = float(total(loss.detach()))
@@ -449,12 +478,14 @@ class APTS(RecordingOptimizer):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
         full_gradient = self._full_gradient(loss, params, start, global_derivatives) if config.coherent else None
         if mode == "batched":
-            stacked = offered(objective, "compiled_stacked", compiled is not None, **curvature)
-            solved = batched_local_solves(params, local, stage1_delta, tr, replicas, config.local_steps,
+            stacked = offered(objective, "compiled_stacked", self.compile, **curvature)
+            if stacked is None and curvature:  # Gauss–Newton products: eagerly if not compiled
+                stacked = offered(objective, "compiled_stacked", True, compiled=False, **curvature)
+            solved = batched_local_solves(params, local, stage1_delta, local_tr, replicas, config.local_steps,
                                           derivatives=stacked, full_gradient=full_gradient)
         else:
-            solved = local_solves(params, local, replicas, stage1_delta, tr, config.local_steps, config.local_retry,
-                                  derivatives=compiled, full_gradient=full_gradient)
+            solved = local_solves(params, local, replicas, stage1_delta, local_tr, config.local_steps,
+                                  config.local_retry, derivatives=compiled, full_gradient=full_gradient)
         # one collective: this rank's corrections and counters, summed over the ranks
         summed = _unpack(total(_pack(solved, config.num_subdomains)), start.numel(), config.num_subdomains)
         scale = 1.0 / config.num_subdomains if config.combine == "average" else 1.0

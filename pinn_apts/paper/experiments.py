@@ -53,9 +53,9 @@ from lightning.pytorch.loggers import Logger
 from lightning.pytorch.utilities import rank_zero_only
 
 __all__ = [
-    "BUDGET_FILE", "BUDGET_METHODS", "BUDGET_POINTS", "BUDGET_SECONDS", "ITERATIONS", "METHODS", "PROBLEMS",
-    "RESUME_EVERY", "CurveLogger", "batch_run_args", "budget_plan", "calibrate_budget", "check_rerun",
-    "final_network", "run_one",
+    "BUDGET_FILE", "BUDGET_MARGIN", "BUDGET_METHODS", "BUDGET_POINTS", "BUDGET_SECONDS", "ITERATIONS", "METHODS",
+    "PROBLEMS", "RESUME_EVERY", "CurveLogger", "batch_run_args", "budget_plan", "calibrate_budget", "check_rerun",
+    "final_network", "plan_iterations", "run_one",
 ]
 
 PROBLEMS = ("heat", "burgers", "laplace")
@@ -78,8 +78,10 @@ BUDGET_METHODS = ("adam", "lbfgs", "lbfgs_wolfe", "tr")
 BUDGET_POINTS = 2000
 #: the outer iterations of each budget run, by problem and method, measured by ``--calibrate``
 BUDGET_FILE = Path(__file__).with_name("budget.json")
-#: how much longer than the budget a budget run is planned, so that a slower moment still passes it
-BUDGET_MARGIN = 1.25
+#: how much longer than the budget a budget run is planned, by method: so that a slower moment still
+#: passes it, and L-BFGS's iterations, which get cheaper along a run, still fill it (the first Heat
+#: run of L-BFGS with the strong-Wolfe line search, planned with 1.25, ended at 459 s of 600)
+BUDGET_MARGIN = {"adam": 1.25, "tr": 1.25, "lbfgs": 1.5, "lbfgs_wolfe": 2.0}
 #: outer iterations of a calibration run (``--calibrate``), by method: one to three minutes each here.
 #: TR's run compiled, as its budget runs do (``compile="auto"`` compiles from 5000 iterations on).
 CALIBRATION_ITERATIONS = {"adam": 6000, "lbfgs": 3000, "lbfgs_wolfe": 600, "tr": 800}
@@ -306,6 +308,14 @@ def budget_plan(problem: str, method: str, table: dict[str, Any] | None = None) 
     return iterations, max(1, iterations // BUDGET_POINTS)
 
 
+def plan_iterations(measured: dict[str, dict[str, float]], seconds: float,
+                    margin: dict[str, float]) -> dict[str, dict[str, int]]:
+    """The outer iterations that fill ``margin[method] * seconds`` at the ``measured`` seconds per
+    iteration (by problem and method), rounded up to a hundred."""
+    return {problem: {method: 100 * math.ceil(margin[method] * seconds / per_iteration / 100)
+                      for method, per_iteration in methods.items()} for problem, methods in measured.items()}
+
+
 def seconds_per_iteration(record: dict[str, Any]) -> float:
     """A results file's wall-clock seconds per outer iteration after its first kept point (so past the
     warm-up), from its ``time/elapsed`` curve."""
@@ -315,23 +325,23 @@ def seconds_per_iteration(record: dict[str, Any]) -> float:
 
 
 def calibrate_budget(records: list[dict[str, Any]], seconds: float = BUDGET_SECONDS,
-                     margin: float = BUDGET_MARGIN,
+                     margin: dict[str, float] | None = None,
                      whole_runs: dict[tuple[str, str], float] | None = None) -> dict[str, Any]:
     """The budget table from calibration runs: per problem and method, the outer iterations that
-    fill ``margin * seconds`` at the seconds per iteration, rounded up to a hundred.
+    fill ``margin[method] * seconds`` (default :data:`BUDGET_MARGIN`) at the seconds per iteration,
+    rounded up to a hundred.
 
     The seconds per iteration are the calibration run's, or, if lower, those of ``whole_runs``
     (by problem and method: e.g. the median over the matrix's 2000-iteration runs): L-BFGS's
     iterations get cheaper along a run (fewer inner iterations), so a short calibration run alone
     would plan budget runs that end early."""
-    iterations: dict[str, dict[str, int]] = defaultdict(dict)
     measured: dict[str, dict[str, float]] = defaultdict(dict)
     for record in records:
         problem, method = record["problem"], record["method"]
         per_iteration = min(seconds_per_iteration(record), (whole_runs or {}).get((problem, method), math.inf))
         measured[problem][method] = round(per_iteration, 6)
-        iterations[problem][method] = 100 * math.ceil(margin * seconds / per_iteration / 100)
-    return {"seconds": seconds, "margin": margin, "iterations": dict(iterations),
+    margin = BUDGET_MARGIN if margin is None else margin
+    return {"seconds": seconds, "margin": margin, "iterations": plan_iterations(measured, seconds, margin),
             "measured_seconds_per_iteration": dict(measured),
             "provenance": records[0]["provenance"] if records else None}
 

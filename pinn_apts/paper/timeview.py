@@ -24,6 +24,7 @@ by side must come from one machine and one thread count (:func:`check_one_machin
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,13 +166,27 @@ def check_one_machine(series: Series) -> None:
                          f"device {b[1]}, {b[2]} threads)")
 
 
+def capability_note(series: Series) -> str:
+    """A line naming the CPUs' vector capabilities (AVX2, AVX512, ...) where the runs' differ: the
+    same CPU model string hides machines of both kinds here, whose seconds may differ."""
+    kinds: dict[str, set[str]] = defaultdict(set)
+    for (problem, label), records in series.items():
+        for record in records:
+            kinds[str((record.get("provenance") or {}).get("cpu_capability"))].add(label)
+    if len(kinds) < 2:
+        return ""
+    return ("Runs of CPUs with different vector capabilities are set side by side here: "
+            + "; ".join(f"{kind}: {', '.join(sorted(labels))}" for kind, labels in sorted(kinds.items())) + ".\n")
+
+
 def time_tables(series: Series, thresholds: dict[str, tuple[float, ...]] = THRESHOLDS,
                 budgets: tuple[float, ...] = BUDGETS) -> str:
     """Per PDE, two Markdown tables: seconds to reach each error level, and the error at each budget,
     median [IQR] over seeds.  ``never``: the run (or the quantile) does not reach the level; ``(n/N)``:
     n of the N runs do; ``≈``: seconds summed from ``time/iteration`` (see the module's docstring)."""
     check_one_machine(series)
-    lines = []
+    note = capability_note(series)
+    lines = [note] if note else []
     for problem in sorted({p for p, _ in series}):
         levels = thresholds.get(problem, ())
         rows = [(label, [trace(r) for r in records]) for (p, label), records in series.items() if p == problem]

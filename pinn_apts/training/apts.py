@@ -58,10 +58,13 @@ class APTSPINN(PINNModule):
         First-order coherent local objectives: each replica's gradient at ``theta_k`` is replaced
         by the full gradient, its curvature kept (not in the paper; default ``False``; see
         :class:`~pinn_apts.core.apts.APTSConfig`).
-    local_curvature:
-        ``"hessian"`` (paper) or ``"gauss_newton"``: the replicas' subproblems use Gauss–Newton
-        products of their residuals (not in the paper; compiled functions only, so ``compile="auto"``
-        then means ``"on"`` and ``"off"`` is refused; see :class:`~pinn_apts.core.apts.APTSConfig`).
+    local_curvature, local_subproblem:
+        The replicas' model and its solver: ``"hessian"`` and ``"cg"`` (the paper's), or
+        ``"gauss_newton"`` (the Gauss–Newton matrix of their residuals) solved by ``"cg"`` or
+        ``"exact"`` (the model's minimizer within the radius; the replicas then run one after the
+        other).  Not in the paper; see :class:`~pinn_apts.core.apts.APTSConfig`.
+    curvature, subproblem:
+        The same for Stage II, the global step.
     compile:
         ``"on"``: take the trust-region steps on the compiled loss, gradient and Hessian-vector
         products (:mod:`pinn_apts.pde.compiled`; 1.6x faster per APTS iteration on the CPU, after
@@ -99,6 +102,9 @@ class APTSPINN(PINNModule):
         stage1_search: int = APTSConfig.stage1_search,
         coherent: bool = APTSConfig.coherent,
         local_curvature: Literal["hessian", "gauss_newton"] = APTSConfig.local_curvature,
+        local_subproblem: Literal["cg", "exact"] = APTSConfig.local_subproblem,
+        curvature: Literal["hessian", "gauss_newton"] = TrustRegionConfig.curvature,
+        subproblem: Literal["cg", "exact"] = TrustRegionConfig.subproblem,
         compile: Literal["auto", "on", "off"] = "auto",
         **kwargs,
     ) -> None:
@@ -110,15 +116,11 @@ class APTSPINN(PINNModule):
             min_radius=min_radius, eta1=eta1, eta2=eta2, shrink=shrink, grow=grow, cg_max_iter=cg_max_iter,
             damping=damping, cg_rtol=cg_rtol, combine=combine, local_retry=local_retry, replicas=replicas,
             stage1_radius=stage1_radius, stage1_search=stage1_search, coherent=coherent,
-            local_curvature=local_curvature,
+            local_curvature=local_curvature, local_subproblem=local_subproblem, curvature=curvature,
+            subproblem=subproblem,
         )
         # validate now, with messages naming the parameter, rather than at fit time
         APTSConfig.from_mapping(self.optimizer_kwargs).trust_region.check_radius("radius", radius)
-        if local_curvature != "hessian":  # Gauss-Newton products exist as compiled functions only
-            if compile == "off":
-                raise ValueError(f"local_curvature={local_curvature!r} needs compile 'on' or 'auto' (its products "
-                                 "are compiled functions), got compile='off'")
-            self.compile_mode = "on"
         self.num_subdomains = num_subdomains
 
     def setup(self, stage: str) -> None:
