@@ -99,16 +99,23 @@ def test_bad_module_input():
         AdamPINN(problem="wave")
 
 
-@pytest.mark.parametrize("module_cls", [AdamPINN, TrustRegionPINN])
-def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, module_cls):
-    straight = module_cls(problem="heat")
-    fit(straight, "heat", 24)
+LEAST_SQUARES = dict(curvature="gauss_newton", subproblem="exact", damping=0.0)
 
-    first = module_cls(problem="heat")
+
+@pytest.mark.parametrize("module_cls, settings", [(AdamPINN, {}), (TrustRegionPINN, {}),
+                                                  (TrustRegionPINN, LEAST_SQUARES)])
+def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, module_cls, settings):
+    """Least squares too: the multiplier a step's root find starts from is carried in the checkpoint."""
+    straight = module_cls(problem="heat", **settings)
+    fit(straight, "heat", 24)
+    if settings:
+        assert straight.optimizers().optimizer.last_step.multiplier > 0
+
+    first = module_cls(problem="heat", **settings)
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_last=True, save_top_k=0)
     data = PINNDataModule("heat", seed=0, total_iterations=24)
     fast_trainer(11, tmp_path, enable_checkpointing=True, callbacks=[ckpt]).fit(first, data)
-    resumed = module_cls(problem="heat")
+    resumed = module_cls(problem="heat", **settings)
     data = PINNDataModule("heat", seed=0, total_iterations=24)
     trainer = fast_trainer(24, tmp_path)
     trainer.fit(resumed, data, ckpt_path=str(tmp_path / "last.ckpt"))

@@ -515,9 +515,11 @@ class APTS(RecordingOptimizer):
         t1 = time.perf_counter()
 
         # ---- Stage II: global trust-region refinement ---------------------------------
+        last = self.last_step
         global_step, _ = trust_region_step(closure, params, radius, tr, retry=True,
                                            loss=trial if accepted else loss, reduce=reduce,
-                                           derivatives=global_derivatives)
+                                           derivatives=global_derivatives,
+                                           multiplier=last.stage2.multiplier if last is not None else 0.0)
         radius = global_step.radius  # update_radius keeps it in [min_radius, max_radius]
         t2 = time.perf_counter()
 

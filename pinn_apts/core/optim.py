@@ -66,6 +66,8 @@ class StepInfo:
     step_norm: float  #: norm of the accepted step (0 if none)
     predicted_reduction: float  #: model decrease of the accepted step (0 if none)
     non_finite_trials: int = 0  #: tries rejected because the trial loss or a Hessian-vector product was not finite
+    #: ``subproblem="exact"``: the multiplier (Levenberg–Marquardt parameter) of the last boundary step, 0 if none
+    multiplier: float = 0.0
 
     def to_state(self) -> dict:
         return {**asdict(self), "reason": self.reason.value}
@@ -80,7 +82,7 @@ class StepInfo:
         first, last = steps[0], steps[-1]
         return cls(first.loss, last.new_loss, last.accepted, sum(s.tries for s in steps),
                    sum(s.cg_iterations for s in steps), last.reason, last.radius, last.rho, last.step_norm,
-                   last.predicted_reduction, sum(s.non_finite_trials for s in steps))
+                   last.predicted_reduction, sum(s.non_finite_trials for s in steps), last.multiplier)
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """The logged scalars, named ``prefix + name`` (``tr/tries``, ``apts/stage2_tries``, ...)."""
@@ -122,6 +124,7 @@ def trust_region_step(
     loss: Tensor | None = None,
     reduce: Callable[[Tensor], Tensor] | None = None,
     derivatives: FlatDerivatives | None = None,
+    multiplier: float = 0.0,
 ) -> tuple[StepInfo, Tensor | None]:
     """One trust-region step on ``params`` in place: TR-CG, ratio test, radius update.
 
@@ -148,7 +151,9 @@ def trust_region_step(
     (:class:`~pinn_apts.core.least_squares.GaussNewtonModel`) from ``derivatives``'
     ``residuals_and_jacobian``, decomposed once for every try; across processes (``reduce``) each
     process's ``J^T J``, ``J^T r`` and ``|r|^2`` are summed.  A non-finite Jacobian or decomposition
-    rejects the try as a non-finite product does.
+    rejects the try as a non-finite product does.  ``multiplier`` (the previous step's, from its
+    :class:`StepInfo`) is where the root find of the multiplier starts, as Levenberg–Marquardt carries
+    its parameter from step to step.
 
     Returns the step's record and the loss at the parameters it leaves, with its graph, so
     that a following step on the same objective can start from it (``loss=``).
@@ -162,6 +167,8 @@ def trust_region_step(
                          "the flat parameters (the package's PINNObjective with its MLP network gives them)")
     if exact:
         model = GaussNewtonModel.of(*derivatives.residuals_and_jacobian(start), config.damping, reduce)
+        if multiplier > 0 and hasattr(model, "multiplier"):
+            model.multiplier = multiplier
         loss, loss_value = None, _finite_loss(float(model.loss))
         flat_grad = model.gradient
 
@@ -217,7 +224,7 @@ def trust_region_step(
                     vector_to_parameters(start + result.step, params)
             info = StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason,
                             capped_radius(new_radius, True, cap, config), rho, float(result.step.norm()),
-                            result.predicted_reduction, non_finite)
+                            result.predicted_reduction, non_finite, _multiplier(model if exact else None))
             return info, trial
         if derivatives is None:  # back from the trial point
             with torch.no_grad():
@@ -225,7 +232,7 @@ def trust_region_step(
         at_floor, radius = radius <= config.min_radius, new_radius
         if at_floor or not retry:
             info = StepInfo(loss_value, loss_value, False, tries, cg_iterations, result.reason,
-                            radius, rho, 0.0, 0.0, non_finite)
+                            radius, rho, 0.0, 0.0, non_finite, _multiplier(model if exact else None))
             return info, loss
         if result.reason in (StopReason.CONVERGED, StopReason.MAX_ITER):
             # CG iterates grow in norm, so an interior step is the same for every radius
@@ -235,6 +242,11 @@ def trust_region_step(
             while radius > step_norm and radius > config.min_radius:
                 radius = max(radius * config.shrink, config.min_radius)
                 tries += 1
+
+
+def _multiplier(model: object) -> float:
+    """The multiplier of an exact model's last boundary step (0 where it has none)."""
+    return float(getattr(model, "multiplier", None) or 0.0)
 
 
 def _finite_loss(value: float) -> float:
@@ -405,7 +417,9 @@ class TrustRegion(RecordingOptimizer):
         if derivatives is not None:
             with torch.no_grad():
                 closure()  # once, for what the closure records (the objective's entry terms, hooks)
-        info, _ = trust_region_step(closure, params, self.radius, config, derivatives=derivatives)
+        last = self.last_step
+        info, _ = trust_region_step(closure, params, self.radius, config, derivatives=derivatives,
+                                    multiplier=last.multiplier if last is not None else 0.0)
         self._record(info, info.radius, steps=1, accepted=int(info.accepted), tries=info.tries,
                      cg_iterations=info.cg_iterations)
         return torch.tensor(info.loss)

@@ -150,13 +150,14 @@ def local_solves(
             else:
                 objective = partial(_coherent_loss, objective, params, shift, start)
                 loss = _coherent_loss(lambda: local_value, params, shift, start)  # at theta_k, evaluated once
+        multiplier = 0.0  # an exact step's root find starts where the replica's previous one ended
         for j in range(local_steps):
             try:
-                info, loss = trust_region_step(objective, params, local_radius, config,
-                                               max_radius=local_cap, retry=local_retry, loss=loss, derivatives=flat)
+                info, loss = trust_region_step(objective, params, local_radius, config, max_radius=local_cap,
+                                               retry=local_retry, loss=loss, derivatives=flat, multiplier=multiplier)
             except FloatingPointError as err:
                 raise FloatingPointError(f"Stage I, replica {d}, local step {j + 1}: {err}") from err
-            local_radius = info.radius  # at most local_cap, at least min_radius
+            local_radius, multiplier = info.radius, info.multiplier  # the radius: at most local_cap, at least min_radius
             result.local_steps += 1
             result.local_accepted += int(info.accepted)
             result.cg_iterations += info.cg_iterations
