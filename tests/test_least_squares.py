@@ -196,3 +196,31 @@ def test_the_residual_jacobian_is_torch_funcs_and_its_squares_the_loss(problem, 
     assert float(residuals @ residuals) == pytest.approx(float(flat.loss(theta)), rel=1e-13)
     # 2 J^T r is the loss's gradient
     assert torch.allclose(2 * residuals @ jacobian, flat.loss_and_grad(theta)[1], rtol=0, atol=1e-12)
+
+
+def test_least_squares_settings_are_checked_with_clear_messages():
+    from pinn_apts import APTSPINN, TrustRegionPINN
+
+    with pytest.raises(ValueError, match="subproblem='exact' solves the Gauss–Newton model exactly: set "
+                                         "curvature='gauss_newton' \\(got 'hessian'\\)"):
+        TrustRegionPINN(problem="heat", subproblem="exact")
+    with pytest.raises(ValueError, match="local_subproblem='exact' .* set local_curvature='gauss_newton'"):
+        APTSPINN(problem="heat", local_subproblem="exact")
+    with pytest.raises(ValueError, match="subproblem must be one of 'cg', 'exact', got 'dogleg'"):
+        TrustRegionPINN(problem="heat", curvature="gauss_newton", subproblem="dogleg")
+    with pytest.raises(ValueError, match="curvature must be one of 'hessian', 'gauss_newton', got 'bfgs'"):
+        APTSPINN(problem="heat", curvature="bfgs")
+    exact = dict(local_curvature="gauss_newton", local_subproblem="exact")
+    with pytest.raises(ValueError, match="local_subproblem='exact' solves the replicas one after the other"):
+        APTSPINN(problem="heat", replicas="batched", **exact)
+    with pytest.raises(ValueError, match="coherent=True .* use local_subproblem='cg' with it"):
+        APTSPINN(problem="heat", coherent=True, **exact)
+
+
+def test_exact_steps_need_an_objective_with_residuals():
+    from pinn_apts import TrustRegion
+
+    w = torch.zeros(3, requires_grad=True)
+    opt = TrustRegion([w], curvature="gauss_newton", subproblem="exact")
+    with pytest.raises(ValueError, match="curvature='gauss_newton' needs an objective that gives its residuals"):
+        opt.step(lambda: (w - 1).square().sum())

@@ -167,6 +167,9 @@ class APTSConfig:
                                        self.local_curvature)
         if self.replicas == "batched" and self.local_retry:
             raise ValueError("local_retry must be False with replicas='batched'")
+        if self.coherent and self.local_subproblem == "exact":
+            raise ValueError("coherent=True adds a linear term to the replicas' objectives, which are then no "
+                             "sums of squares: use local_subproblem='cg' with it")
         if self.replicas == "batched" and self.local_subproblem == "exact":
             raise ValueError("local_subproblem='exact' solves the replicas one after the other: use "
                              "replicas='sequential' or 'auto'")
