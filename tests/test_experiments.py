@@ -466,15 +466,16 @@ def test_provenance_table_names_each_source_of_the_files():
 COMMITTED = Path(__file__).resolve().parents[1] / "results"
 
 
-@pytest.mark.parametrize("name, configs", [
-    ("burgers_lbfgs_wolfe_s0.json", CONFIG_DIR), ("burgers_apts_d4_s0.json", CONFIG_DIR), ("burgers_adam_s3.json", CONFIG_DIR),
-    ("heat_apts_d4_s0.json", CONFIG_DIR), ("laplace_apts_d4_s0.json", CONFIG_DIR),
-    ("gauss_newton/burgers_apts_d4_s0.json", CONFIG_DIR / "gauss_newton"),
+@pytest.mark.parametrize("name, configs, iterations", [
+    ("burgers_lbfgs_wolfe_s0.json", CONFIG_DIR, 5), ("burgers_apts_d4_s0.json", CONFIG_DIR, 5),
+    ("burgers_adam_s3.json", CONFIG_DIR, 5), ("heat_apts_d4_s0.json", CONFIG_DIR, 5), ("laplace_apts_d4_s0.json", CONFIG_DIR, 5),
+    ("gauss_newton/burgers_apts_d4_s0.json", CONFIG_DIR / "gauss_newton", 5),
+    ("budget/heat_adam_s0.json", CONFIG_DIR, 60),  # kept every 29 iterations: 0, 29, 58 compared
 ])
-def test_a_committed_results_file_reruns_bit_for_bit(tmp_path, name, configs):
-    """The shipped code reproduces the committed matrix and the Gauss-Newton runs: the first 5 outer
-    iterations of a committed run (APTS compiled, as the file says), rerun from its record with the
-    configs it was made with, give its curves bit for bit.
+def test_a_committed_results_file_reruns_bit_for_bit(tmp_path, name, configs, iterations):
+    """The shipped code reproduces the committed matrix, the Gauss-Newton and the budget runs: the first
+    outer iterations of a committed run (APTS compiled, as the file says), rerun from its record with
+    the configs it was made with, give its curves bit for bit.
     Bitwise equality is promised on the torch build and CPU kind that made the file; elsewhere the
     test says why it does not apply. Each rerun is a fresh process (``--check``), as each run of
     the matrix is: nothing the suite compiled before can change its compilations."""
@@ -487,14 +488,15 @@ def test_a_committed_results_file_reruns_bit_for_bit(tmp_path, name, configs):
                if made.get(key) != here[key]}
     if differs:
         pytest.skip(f"{name} was made elsewhere (file, here): {differs}")
-    check = subprocess.run([sys.executable, "-m", "pinn_apts.paper.experiments", "--check", str(path), "--iterations", "5",
+    check = subprocess.run([sys.executable, "-m", "pinn_apts.paper.experiments", "--check", str(path), "--iterations",
+                            str(iterations),
                             "--config-dir", str(configs), "--allow-dirty"], cwd=tmp_path, capture_output=True, text=True)
     assert check.returncode == 0 and "max |difference| of loss/total 0, max |difference| of error/rel_l2 0 (bit for bit)" \
         in check.stdout, check.stdout[-3000:] + check.stderr[-3000:]
 
 
-# one glob per experiment: each PDE's matrix, and the Gauss-Newton runs
-@pytest.mark.parametrize("pattern", ["burgers_*", "heat_*", "laplace_*", "gauss_newton/*"])
+# one glob per experiment: each PDE's matrix, the Gauss-Newton runs and the budget runs
+@pytest.mark.parametrize("pattern", ["burgers_*", "heat_*", "laplace_*", "gauss_newton/*", "budget/*"])
 def test_committed_results_come_from_one_clean_commit_of_main(pattern):
     records = [json.loads(path.read_text()) for path in COMMITTED.glob(f"{pattern}.json")]
     commits = {record.get("provenance", {}).get("commit") for record in records}
