@@ -97,3 +97,16 @@ def test_a_later_folder_replaces_a_method_and_the_figure_draws_every_method(tmp_
     assert (tmp_path / "time_heat.png").stat().st_size > 5_000
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert labels == ["Adam, budget", "TR, matrix"]
+
+
+def test_update_writes_the_time_tables_between_their_markers(tmp_path):
+    from pinn_apts.paper.report import BEGIN, END, TIME_BEGIN, TIME_END, update_document
+
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"# R\n{TIME_BEGIN}\nold\n{TIME_END}\ntext\n{BEGIN}\n{END}\n")
+    update_document(doc, {}, timing="| the time tables |\n")
+    text = doc.read_text()
+    assert f"{TIME_BEGIN}\n\n| the time tables |\n\n{TIME_END}\ntext" in text and "old" not in text
+    doc.write_text(f"# R\n{BEGIN}\n{END}\n")
+    with pytest.raises(ValueError, match="no time markers"):
+        update_document(doc, {}, timing="| the time tables |\n")

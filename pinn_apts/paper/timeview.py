@@ -17,7 +17,9 @@ Where the seconds come from, so that nothing is left out silently:
   iteration) the difference is a few percent; for Adam and L-BFGS it is up to half.
 
 The warm-up (the seconds until the first iteration has finished, compilation included) is shown in
-a column of its own.  Seconds depend on the machine and on what else it runs, so the runs set side
+a column of its own.  A run is seen only where its error was evaluated: every iteration in the
+matrix, every ``log_every`` iterations in a budget run (0.3-5 s apart), which bounds how finely
+the seconds to reach an error are resolved.  Seconds depend on the machine and on what else it runs, so the runs set side
 by side must come from one machine and one thread count (:func:`check_one_machine`).
 """
 
