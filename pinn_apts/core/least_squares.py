@@ -263,7 +263,6 @@ class NormalEquationsModel:
         #: ``2 J^T r``
         self.gradient = 2 * jtr
         self.finite = all(bool(torch.isfinite(t).all()) for t in (normal, jtr, loss))
-        self._eye = torch.eye(len(jtr), dtype=jtr.dtype, device=jtr.device)
         self._start: tuple[Tensor, Tensor] | None = None  # the solve at mu = damping / 2, if it can be factored
         self._tried = False
         #: ``mu`` of the last boundary step (where the next radius's root find starts)
@@ -271,7 +270,9 @@ class NormalEquationsModel:
 
     def _step(self, mu: float) -> tuple[Tensor, Tensor] | None:
         """``s(mu)`` and the Cholesky factor of ``A + mu I``; ``None`` where it cannot be factored."""
-        factor, info = torch.linalg.cholesky_ex(self.normal + mu * self._eye)
+        shifted = self.normal.clone()
+        shifted.diagonal().add_(mu)  # A + mu I without a P x P identity
+        factor, info = torch.linalg.cholesky_ex(shifted)
         if int(info) != 0:
             return None
         return -torch.cholesky_solve(self.jtr.unsqueeze(1), factor).squeeze(1), factor
