@@ -4,6 +4,13 @@ import torch
 from pinn_apts.core.distributed import Communicator
 
 
+def pytest_collection_modifyitems(items):
+    """``repro`` and ``ddp`` tests are slow too: the quick command (``-m "not slow"``) leaves them out."""
+    for item in items:
+        if item.get_closest_marker("repro") or item.get_closest_marker("ddp"):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _single_thread_float64():
     """Small PINN tensors run fastest on one thread; tests build float64 tensors by default."""

@@ -6,13 +6,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from pinn_apts import APTS, APTSPINN, PINNDataModule
 from pinn_apts.core.apts import Objective
+from pinn_apts.core.optim import trust_region_step
+from pinn_apts.core.trust_region import TrustRegionConfig
 from pinn_apts.pde.loss import pinn_loss
 from pinn_apts.pde.model import MLP
 from pinn_apts.pde.objective import PINNObjective
-from pinn_apts.core.optim import trust_region_step
 from pinn_apts.pde.problems import get_problem
 from pinn_apts.pde.sampling import CollocationSampler, Curriculum
-from pinn_apts.core.trust_region import TrustRegionConfig
 
 from .conftest import fast_trainer
 
@@ -141,6 +141,7 @@ def _data():
     return PINNDataModule("burgers", seed=2, total_iterations=12, early_sizes=(200, 60, 20), late_sizes=(200, 30, 30))
 
 
+@pytest.mark.slow
 def test_same_seed_twice_and_resume_equal_uninterrupted(tmp_path):
     runs = []
     for _ in range(2):

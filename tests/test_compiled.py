@@ -41,6 +41,7 @@ def eager_derivatives(net, loss_fn, v):
     return loss.detach(), torch.cat([g.detach().reshape(-1) for g in grads]), flat_hvp(grads, params)(v)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("iteration", [1, 8])  # both curriculum phases: other shapes, one compilation
 @pytest.mark.parametrize("part", [None, 0, 2])  # the full loss and replicas' local losses
 def test_compiled_loss_gradient_and_products_are_the_eager_ones(iteration, part):
@@ -56,6 +57,7 @@ def test_compiled_loss_gradient_and_products_are_the_eager_ones(iteration, part)
     assert torch.allclose(compiled.hvp(theta, v), product, rtol=0, atol=1e-11 * float(product.norm()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("iteration", [1, 8])
 def test_compiled_stacked_losses_gradients_and_products_are_the_eager_ones(iteration):
     net, objective = objective_at(iteration, num_subdomains=3)
@@ -74,6 +76,7 @@ def test_compiled_stacked_losses_gradients_and_products_are_the_eager_ones(itera
     assert torch.allclose(compiled.hvp(rows, v), product, rtol=0, atol=1e-11 * float(product.norm()))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("part", [None, 1])
 def test_gauss_newton_products_are_those_of_the_residuals_jacobian(part):
     """``curvature="gauss_newton"``: the loss is the sum of squares of the weighted residual vector,
@@ -96,6 +99,7 @@ def test_gauss_newton_products_are_those_of_the_residuals_jacobian(part):
         objective.compiled(part, curvature="newton")
 
 
+@pytest.mark.slow
 def test_stacked_gauss_newton_products_are_each_replicas_own():
     net, objective = objective_at(8, num_subdomains=3)
     theta = parameters_to_vector(net.parameters()).detach()
@@ -107,6 +111,7 @@ def test_stacked_gauss_newton_products_are_each_replicas_own():
         assert torch.allclose(stacked[i], own, rtol=0, atol=1e-11 * float(own.norm()))
 
 
+@pytest.mark.slow
 def test_gauss_newton_local_curvature_solves_the_replicas_subproblems_with_it():
     """``local_curvature="gauss_newton"``: with D = J = 1 Stage I is one trust-region step on the full
     loss with Gauss-Newton products; batched replicas take the same steps as sequential ones."""
@@ -143,6 +148,7 @@ def test_gauss_newton_local_curvature_solves_the_replicas_subproblems_with_it():
     assert (thetas["sequential"] - thetas["batched"]).abs().max() <= 1e-10
 
 
+@pytest.mark.slow
 def test_gauss_newton_local_curvature_runs_eagerly_without_compilation():
     """Gauss–Newton products were compiled functions only (compile 'off' was refused); the same
     functions now run eagerly too, with the compiled iterates to rounding."""
@@ -196,8 +202,9 @@ CUDA = pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available
 
 @pytest.mark.parametrize("device", ["cpu", CUDA])
 @pytest.mark.parametrize("optimizer, agree_for, replicas, coherent", [
-    ("apts", 6, "sequential", False), ("apts", 6, "batched", False), ("tr", 10, None, False),
-    ("apts", 6, "sequential", True), ("apts", 6, "batched", True)])
+    ("apts", 6, "sequential", False), pytest.param("apts", 6, "batched", False, marks=pytest.mark.slow),
+    ("tr", 10, None, False), ("apts", 6, "sequential", True),
+    pytest.param("apts", 6, "batched", True, marks=pytest.mark.slow)])  # batched: 30 s of compilation
 def test_compiled_and_eager_iterates_agree_over_ten_outer_iterations(optimizer, agree_for, replicas, coherent, device):
     eager, eager_totals = run(optimizer, compile=False, device=device, replicas=replicas, coherent=coherent)
     compiled, compiled_totals = run(optimizer, compile=True, device=device, replicas=replicas, coherent=coherent)

@@ -12,6 +12,8 @@ from pinn_apts.core.distributed import replicas_of_rank
 
 from .conftest import FakeRank
 
+pytestmark = pytest.mark.ddp
+
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 
 

@@ -1,6 +1,5 @@
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ def test_an_interrupted_run_writes_no_results_file(tmp_path, monkeypatch):
     assert not list((tmp_path / "out").glob("*"))
 
 
+@pytest.mark.slow
 def test_a_run_killed_half_way_resumes_from_its_last_checkpoint_bit_for_bit(tmp_path, monkeypatch):
     """A killed run (no graceful stop: the session ended) resumes from the checkpoint it saved every
     RESUME_EVERY iterations and ends as the uninterrupted run does; other code or settings start over."""
@@ -81,6 +81,7 @@ def test_a_run_killed_half_way_resumes_from_its_last_checkpoint_bit_for_bit(tmp_
     assert "resumed_at" not in cut and curves(cut) == curves(straight)
 
 
+@pytest.mark.slow
 def test_a_long_run_keeps_its_error_points_and_resumes_on_them(tmp_path, monkeypatch):
     """log_every > 1 (a budget run): the curves keep every log_every-th iteration and the last, with the
     wall-clock seconds rising; killed, the run resumes from its checkpoint and ends bit for bit."""
@@ -171,6 +172,7 @@ def test_run_writes_curves_and_is_skipped_when_done(tmp_path):
     assert target.stat().st_mtime_ns == before  # skipped: the file exists
 
 
+@pytest.mark.slow
 def test_matrix_in_subprocesses(tmp_path, capsys):
     # --allow-dirty: the tests also run in a checkout being edited
     main(["--out", str(tmp_path / "r"), "--log-root", str(tmp_path / "l"), "--problems", "laplace",
@@ -217,20 +219,21 @@ def test_the_runner_refuses_code_no_commit_holds(monkeypatch, tmp_path, state, m
     provenance.check_source(state, allow_dirty=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["apts_d2", "lbfgs"])
 def test_a_results_file_reruns_bit_for_bit(tmp_path, method):
     """The first iterations of a results file, rerun from its record, give bitwise its curves; a
     file whose curve was altered is caught."""
     path = run_one("burgers", method, 1, 4, tmp_path, CONFIG_DIR, tmp_path / "logs", schedule=2000)
     gaps = check_rerun(path, 3, CONFIG_DIR, tmp_path / "work")
-    assert gaps == {"loss/total": 0.0, "error/rel_l2": 0.0}
+    assert gaps and set(gaps.values()) == {0.0} and {"loss/total", "error/rel_l2", "error/rmse"} <= set(gaps)
     record = json.loads(path.read_text())
     step, value = record["curves"]["loss/total"][2]
     record["curves"]["loss/total"][2] = [step, value * (1 + 1e-15)]
     path.write_text(json.dumps(record))
     assert check_rerun(path, 3, CONFIG_DIR, tmp_path / "work")["loss/total"] > 0
     with pytest.raises(SystemExit):  # the command line says so and exits 1
-        main(["--check", str(path), "--iterations", "3", "--allow-dirty"])
+        main(["--check", str(path), "--iterations", "3", "--here", "--tolerance", "0"])
 
 
 def test_bad_arguments():
@@ -242,6 +245,7 @@ def test_bad_arguments():
         main(["--iterations", "10", "--schedule", "5"])
 
 
+@pytest.mark.slow
 def test_short_run_on_a_longer_runs_schedule(tmp_path):
     """``schedule``: a 3-iteration run planned as a 10-iteration one starts as the 10-iteration
     run does (early curriculum sizes); unplanned, its curriculum ends after 0.3 * 3 iterations."""
@@ -254,8 +258,15 @@ def test_short_run_on_a_longer_runs_schedule(tmp_path):
     assert unplanned[1:] != pytest.approx(full[1:3], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_report_tables_and_figures(tmp_path):
-    from pinn_apts.paper.report import curve_band, load_results, main as report_main, plot_heatmaps, summary_tables
+    from pinn_apts.paper.report import (
+        curve_band,
+        load_results,
+        plot_heatmaps,
+        summary_tables,
+    )
+    from pinn_apts.paper.report import main as report_main
 
     out = tmp_path / "results"
     for seed in (0, 1):
@@ -303,7 +314,14 @@ def test_report_tables_and_figures(tmp_path):
 
 
 def test_paper_tables_and_document_markers(tmp_path):
-    from pinn_apts.paper.report import BEGIN, END, acceptance_table, load_results, render_document, update_document
+    from pinn_apts.paper.report import (
+        BEGIN,
+        END,
+        acceptance_table,
+        load_results,
+        render_document,
+        update_document,
+    )
 
     out = tmp_path / "results"
     run_one("laplace", "apts_d2", 0, 2, out, CONFIG_DIR, tmp_path / "logs")
@@ -323,6 +341,7 @@ def test_paper_tables_and_document_markers(tmp_path):
         render_document("# nothing here\n", groups)
 
 
+@pytest.mark.repro
 def test_results_document_matches_the_committed_results():
     """docs/RESULTS.md shows the tables of the results files committed beside it."""
     from pathlib import Path
@@ -466,19 +485,25 @@ def test_provenance_table_names_each_source_of_the_files():
 COMMITTED = Path(__file__).resolve().parents[1] / "results"
 
 
+def _in_history(commit: str) -> bool:
+    git = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=COMMITTED.parent, capture_output=True)
+    return git.returncode == 0
+
+
+@pytest.mark.repro
 @pytest.mark.parametrize("name, configs, iterations", [
-    ("burgers_lbfgs_wolfe_s0.json", CONFIG_DIR, 5), ("burgers_apts_d4_s0.json", CONFIG_DIR, 5),
-    ("burgers_adam_s3.json", CONFIG_DIR, 5), ("heat_apts_d4_s0.json", CONFIG_DIR, 5), ("laplace_apts_d4_s0.json", CONFIG_DIR, 5),
+    ("burgers_apts_d4_s0.json", CONFIG_DIR, 5), ("burgers_lbfgs_wolfe_s0.json", CONFIG_DIR, 5),
     ("gauss_newton/burgers_apts_d4_s0.json", CONFIG_DIR / "gauss_newton", 5),
     ("budget/heat_adam_s0.json", CONFIG_DIR, 60),  # kept every 29 iterations: 0, 29, 58 compared
+    ("budget/heat_tr_s0.json", CONFIG_DIR, 5),
 ])
-def test_a_committed_results_file_reruns_bit_for_bit(tmp_path, name, configs, iterations):
-    """The shipped code reproduces the committed matrix, the Gauss-Newton and the budget runs: the first
-    outer iterations of a committed run (APTS compiled, as the file says), rerun from its record with
-    the configs it was made with, give its curves bit for bit.
-    Bitwise equality is promised on the torch build and CPU kind that made the file; elsewhere the
-    test says why it does not apply. Each rerun is a fresh process (``--check``), as each run of
-    the matrix is: nothing the suite compiled before can change its compilations."""
+def test_a_committed_results_file_reruns_bit_for_bit_with_the_code_of_its_commit(tmp_path, capfd, name, configs,
+                                                                                 iterations):
+    """The promise a results file makes: the first outer iterations of a committed run, rerun from its
+    record with the code and configs of the commit it names (a git archive of that commit, in a fresh
+    process: nothing this suite compiled can change its compilations), give its curves bit for bit.
+    The archive's own code answers (its wording, not today's). Bitwise equality is promised on the
+    torch build and CPU kind that made the file; elsewhere the test says why it does not apply."""
     from pinn_apts.paper.provenance import provenance
 
     path = COMMITTED / name
@@ -488,14 +513,62 @@ def test_a_committed_results_file_reruns_bit_for_bit(tmp_path, name, configs, it
                if made.get(key) != here[key]}
     if differs:
         pytest.skip(f"{name} was made elsewhere (file, here): {differs}")
-    check = subprocess.run([sys.executable, "-m", "pinn_apts.paper.experiments", "--check", str(path), "--iterations",
-                            str(iterations),
-                            "--config-dir", str(configs), "--allow-dirty"], cwd=tmp_path, capture_output=True, text=True)
-    assert check.returncode == 0 and "max |difference| of loss/total 0, max |difference| of error/rel_l2 0 (bit for bit)" \
-        in check.stdout, check.stdout[-3000:] + check.stderr[-3000:]
+    if here["commit"] is None or not _in_history(made["commit"]):
+        pytest.skip(f"commit {made['commit'][:12]} is not in a git checkout here")
+    main(["--check", str(path), "--iterations", str(iterations), "--config-dir", str(configs)])
+    out = capfd.readouterr().out
+    assert f"rerun with the code of commit {made['commit'][:12]}" in out
+    assert "max |difference| of loss/total 0, max |difference| of error/rel_l2 0 (bit for bit)" in out, out[-3000:]
+
+
+@pytest.mark.repro
+@pytest.mark.parametrize("name, configs", [
+    ("heat_apts_d4_s0.json", CONFIG_DIR), ("burgers_apts_d4_s0.json", CONFIG_DIR), ("laplace_apts_d4_s0.json", CONFIG_DIR),
+    ("gauss_newton/heat_apts_d4_s0.json", CONFIG_DIR / "gauss_newton"), ("budget/heat_tr_s0.json", CONFIG_DIR),
+])
+def test_todays_code_takes_the_committed_runs_decisions(tmp_path, name, configs):
+    """Today's code need not reproduce older files bit for bit (summation orders change as the numerics
+    improve), on any machine: over a committed run's first 5 outer iterations it takes the same decisions
+    (Stage I acceptances, tries) and its loss, error, radius and coherence agree to HERE_TOLERANCE.
+    Trust-region methods only: L-BFGS's line search amplifies an ulp of another CPU kind to 3% within 5
+    iterations on Burgers (measured against the AVX-512 matrix here), so it has no such tolerance."""
+    from pinn_apts.paper.experiments import DECISIONS, HERE_TOLERANCE, rerun_verdict
+
+    gaps = check_rerun(COMMITTED / name, 5, configs, tmp_path)
+    assert {"loss/total", "error/rel_l2"} <= set(gaps) and set(DECISIONS) & set(gaps)
+    same, line = rerun_verdict(gaps, HERE_TOLERANCE)
+    assert same, line
+
+
+def test_a_rerun_passes_on_the_same_decisions_within_the_tolerance():
+    from pinn_apts.paper.experiments import rerun_verdict
+
+    assert rerun_verdict({"loss/total": 0.0, "apts/stage2_tries": 0.0}, 0.0) == (
+        True, "max relative difference of loss/total 0, max relative difference of apts/stage2_tries 0 (bit for bit)")
+    assert not rerun_verdict({"loss/total": 1e-12, "apts/stage2_tries": 0.0}, 0.0)[0]
+    same, line = rerun_verdict({"loss/total": 1e-12, "apts/stage2_tries": 0.0}, 1e-6)
+    assert same and line.endswith("(the same decisions, the rest within 1e-06)")
+    assert not rerun_verdict({"loss/total": 1e-7, "apts/stage1_accepted": 1e-12}, 1e-6)[0]  # a decision differs
+    assert not rerun_verdict({"loss/total": 2e-6, "tr/tries": 0.0}, 1e-6)[0]
+
+
+def test_check_refuses_a_file_without_a_commit_and_a_missing_file(tmp_path, capsys):
+    record = json.loads((COMMITTED / "budget" / "heat_adam_s0.json").read_text())
+    record["provenance"]["commit"] = None
+    (tmp_path / "x.json").write_text(json.dumps(record))
+    if source_state()["commit"] is not None:
+        with pytest.raises(SystemExit, match="names no commit to rerun it with"):
+            main(["--check", str(tmp_path / "x.json"), "--iterations", "2"])
+    with pytest.raises(SystemExit):
+        main(["--check", str(tmp_path / "none.json")])
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--here"])
+    assert "--here and --tolerance go with --check FILE" in capsys.readouterr().err
 
 
 # one glob per experiment: each PDE's matrix, the Gauss-Newton runs and the budget runs
+@pytest.mark.repro
 @pytest.mark.parametrize("pattern", ["burgers_*", "heat_*", "laplace_*", "gauss_newton/*", "budget/*"])
 def test_committed_results_come_from_one_clean_commit_of_main(pattern):
     records = [json.loads(path.read_text()) for path in COMMITTED.glob(f"{pattern}.json")]

@@ -2,14 +2,17 @@
 
 import ast
 import importlib
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 import pinn_apts
-from pinn_apts.training.checkpoints import canonical_class_path, settings_differences
+from pinn_apts.training.checkpoints import (
+    refuse_older_version,
+    refuse_other_settings,
+    settings_differences,
+)
 
 PACKAGE = Path(pinn_apts.__file__).parent
 #: layer -> what its files may import from the package and outside it
@@ -43,16 +46,12 @@ def test_each_layer_imports_only_the_layers_above_it(layer):
                 assert parts[0] != "lightning", f"{path.name} imports {name}: no Lightning below the glue"
 
 
-@pytest.mark.parametrize("old, new", sorted(pinn_apts._MOVED.items()))
-def test_old_module_paths_import_the_moved_modules(old, new):
-    module = importlib.import_module(f"pinn_apts.{old}")
-    assert module is importlib.import_module(f"pinn_apts.{new}")
-    assert module.__spec__.name == f"pinn_apts.{new}"
-
-
-def test_old_module_path_runs_with_python_m():
-    result = subprocess.run([sys.executable, "-m", "pinn_apts.experiments", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0 and "usage: experiments.py" in result.stdout, result.stderr
+def test_the_modules_paths_before_the_subpackages_are_gone():
+    """No import hook keeps pre-release paths alive (no sys.meta_path entry of the package's)."""
+    for old in ("pinn_apts.problems", "pinn_apts.modules", "pinn_apts.experiments"):
+        with pytest.raises(ModuleNotFoundError):
+            importlib.import_module(old)
+    assert not [finder for finder in sys.meta_path if type(finder).__module__.startswith("pinn_apts")]
 
 
 def test_every_public_name_is_importable_from_the_package():
@@ -60,10 +59,14 @@ def test_every_public_name_is_importable_from_the_package():
         assert getattr(pinn_apts, name) is not None
 
 
-def test_checkpoints_made_before_the_move_compare_equal():
-    assert canonical_class_path("pinn_apts.problems.Heat") == "pinn_apts.Heat" == pinn_apts.Heat().spec()["class_path"]
-    assert canonical_class_path("pinn_apts.modules.APTSPINN") == "pinn_apts.APTSPINN"
-    assert canonical_class_path("no_such_module.Thing") == "no_such_module.Thing"
+def test_a_checkpoint_naming_class_paths_of_an_older_version_is_refused_with_its_version():
     old = {"problem": {"class_path": "pinn_apts.problems.Heat", "init_args": {"kappa": 0.4}}, "seed": 1}
-    assert settings_differences("model", old, {"problem": pinn_apts.Heat(kappa=0.4).spec(), "seed": 1}) == []
-    assert settings_differences("model", old, {"problem": pinn_apts.Heat(kappa=0.5).spec(), "seed": 1})
+    with pytest.raises(ValueError, match=r"names pinn_apts.problems.Heat, .*written by an older pinn-apts \(before "
+                                         r"2026-11-27, commit f5a4b78"):
+        refuse_other_settings("model settings", "model", old, {"problem": pinn_apts.Heat(kappa=0.4).spec(), "seed": 1})
+    refuse_older_version({"module": "pinn_apts.APTSPINN", "problem": {"class_path": "mymodule.Advection"}})
+    with pytest.raises(ValueError, match="names pinn_apts.modules.APTSPINN"):
+        refuse_older_version({"module": "pinn_apts.modules.APTSPINN"})
+    new = {"problem": pinn_apts.Heat(kappa=0.4).spec(), "seed": 1}
+    assert settings_differences("model", new, {"problem": pinn_apts.Heat(kappa=0.4).spec(), "seed": 1}) == []
+    assert settings_differences("model", new, {"problem": pinn_apts.Heat(kappa=0.5).spec(), "seed": 1})

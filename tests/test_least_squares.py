@@ -5,9 +5,12 @@ import math
 import pytest
 import torch
 
-from pinn_apts.core.least_squares import GaussNewtonModel, NormalEquationsModel, solve_in_eigenbasis
+from pinn_apts.core.least_squares import (
+    GaussNewtonModel,
+    NormalEquationsModel,
+    solve_in_eigenbasis,
+)
 from pinn_apts.core.trust_region import StopReason
-
 
 
 @pytest.fixture(autouse=True)

@@ -3,11 +3,11 @@ import math
 import pytest
 import torch
 
-from pinn_apts.pde.sampling import CollocationSampler
 from pinn_apts.pde.jet import AutogradJet, MLPJet
 from pinn_apts.pde.loss import LossTerms, check_loss_finite, pinn_loss
 from pinn_apts.pde.model import MLP
 from pinn_apts.pde.problems import get_problem
+from pinn_apts.pde.sampling import CollocationSampler
 
 
 def setup(name="heat"):

@@ -5,7 +5,7 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from pinn_apts import APTSPINN, AdamPINN, LBFGSPINN, PINNDataModule, TrustRegionPINN
+from pinn_apts import APTSPINN, LBFGSPINN, AdamPINN, PINNDataModule, TrustRegionPINN
 from pinn_apts.pde.problems import Heat
 
 from .conftest import fast_trainer
@@ -102,6 +102,7 @@ def test_bad_module_input():
 LEAST_SQUARES = dict(curvature="gauss_newton", subproblem="exact", damping=0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module_cls, settings", [(AdamPINN, {}), (TrustRegionPINN, {}),
                                                   (TrustRegionPINN, LEAST_SQUARES)])
 def test_resume_from_checkpoint_matches_uninterrupted_run(tmp_path, module_cls, settings):

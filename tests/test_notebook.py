@@ -3,10 +3,13 @@
 from pathlib import Path
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
-from pinn_apts.training.cli import CONFIG_DIR
 from pinn_apts.paper.experiments import run_one
+from pinn_apts.training.cli import CONFIG_DIR
+
+pytestmark = pytest.mark.slow
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "reproduce_paper.ipynb"
 

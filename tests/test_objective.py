@@ -8,12 +8,12 @@ from torch.nn.utils import parameters_to_vector
 
 from pinn_apts import APTS, PINNObjective, TrustRegion
 from pinn_apts.core.apts import APTSStepInfo, Objective
+from pinn_apts.core.optim import StepInfo
+from pinn_apts.core.trust_region import StopReason, TrustRegionConfig, capped_radius
 from pinn_apts.pde.loss import pinn_loss, pinn_loss_share
 from pinn_apts.pde.model import MLP
-from pinn_apts.core.optim import StepInfo
 from pinn_apts.pde.problems import get_problem
 from pinn_apts.pde.sampling import CollocationSampler, Curriculum
-from pinn_apts.core.trust_region import StopReason, TrustRegionConfig, capped_radius
 
 from .conftest import FakeRank
 

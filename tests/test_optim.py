@@ -5,12 +5,12 @@ import pytest
 import torch
 from scipy.optimize import minimize, rosen, rosen_der, rosen_hess_prod
 
-from pinn_apts.pde.sampling import CollocationSampler
+from pinn_apts.core.optim import TrustRegion, trust_region_step
+from pinn_apts.core.trust_region import StopReason, TrustRegionConfig, flat_hvp
 from pinn_apts.pde.loss import pinn_loss
 from pinn_apts.pde.model import MLP
-from pinn_apts.core.optim import TrustRegion, trust_region_step
 from pinn_apts.pde.problems import get_problem
-from pinn_apts.core.trust_region import StopReason, TrustRegionConfig, flat_hvp
+from pinn_apts.pde.sampling import CollocationSampler
 
 SCIPY_LIKE = dict(radius=1.0, max_radius=1000.0, eta1=0.15, eta2=0.75, shrink=0.25, grow=2.0, cg_max_iter=10, damping=0.0)
 

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from pinn_apts.pde.jet import AutogradJet
-from pinn_apts.pde.problems import Burgers, Heat, Laplace, PDEProblem, available_problems, get_problem
+from pinn_apts.pde.problems import (
+    Burgers,
+    Heat,
+    Laplace,
+    PDEProblem,
+    available_problems,
+    get_problem,
+)
 
 
 def _grid(problem, n=41):

@@ -9,8 +9,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from pinn_apts import APTSPINN, AdamPINN, PINNDataModule, TrustRegionPINN
-from pinn_apts.training.callbacks import GracefulStop
 from pinn_apts.pde.problems import Burgers, Heat
+from pinn_apts.training.callbacks import GracefulStop
 
 from .conftest import fast_trainer
 
@@ -49,6 +49,7 @@ def test_last_checkpoint_holds_the_final_iteration_after_periodic_ones(tmp_path)
     assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 5
 
 
+@pytest.mark.slow
 def test_extended_run_keeps_its_schedule_and_equals_that_run_uninterrupted(tmp_path):
     first = APTSPINN(problem="burgers", seed=1)
     checkpointing(tmp_path, 8).fit(first, data())  # planned for 8: late point counts from iteration 3 on
@@ -98,6 +99,15 @@ def test_resume_with_other_method_problem_or_settings_is_refused(tmp_path, make_
     with pytest.raises(ValueError, match=message):
         trainer.fit(make_module(), make_data(), ckpt_path=str(tmp_path / "last.ckpt"))
     assert trainer.global_step == 0  # refused before any training
+
+
+def test_a_checkpoint_of_an_older_version_is_refused_naming_that_version(tmp_path):
+    checkpointing(tmp_path, 2).fit(AdamPINN(problem="heat", seed=1), data("heat"))
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)
+    saved["pinn_apts"]["module"] = "pinn_apts.modules.AdamPINN"  # the path before the subpackages
+    torch.save(saved, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match="names pinn_apts.modules.AdamPINN, .* written by an older pinn-apts"):
+        fast_trainer(4).fit(AdamPINN(problem="heat", seed=1), data("heat"), ckpt_path=str(tmp_path / "old.ckpt"))
 
 
 def test_resume_may_change_what_is_logged(tmp_path):

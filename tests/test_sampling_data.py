@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from pinn_apts.training.data import PINNDataModule
-from pinn_apts.pde.sampling import CollocationSampler, Curriculum, partition_collocation
 from pinn_apts.pde.problems import get_problem
+from pinn_apts.pde.sampling import CollocationSampler, Curriculum, partition_collocation
+from pinn_apts.training.data import PINNDataModule
 
 
 def make_sampler(**kwargs):

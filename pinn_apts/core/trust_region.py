@@ -178,31 +178,12 @@ def check_exact_needs_gauss_newton(subproblem_name: str, subproblem: str, curvat
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise dot products of ``(R, P)`` tensors, ``(R,)``.
-
-    One row takes BLAS's dot, so that a single subproblem (the TR step, Stage II, sequential
-    replicas) rounds exactly as the scalar solver of the committed runs did; the batched
-    reduction sums in another order.
-    """
-    return torch.dot(a[0], b[0]).unsqueeze(0) if a.shape[0] == 1 else torch.linalg.vecdot(a, b)
-
-
-def _sqrt(x: Tensor) -> Tensor:
-    """Correctly rounded square roots.
-
-    The CPU build's vectorized ``torch.sqrt`` (SLEEF, AVX-512) is off by one ulp for about 1%
-    of float64 inputs; the committed CPU runs took these roots with ``math.sqrt``, and on
-    Burgers and Heat one ulp in a boundary root changes a later acceptance.  On the CPU the
-    values are on the host already, so ``math.sqrt`` costs no synchronization; CUDA's ``sqrt`` is
-    correctly rounded.
-    """
-    if x.device.type != "cpu":
-        return torch.sqrt(x)
-    return torch.tensor([math.sqrt(v) if v >= 0 else math.nan for v in x.tolist()], dtype=x.dtype)
+    """Row-wise dot products of ``(R, P)`` tensors, ``(R,)``."""
+    return torch.linalg.vecdot(a, b)
 
 
 def _norm(a: Tensor) -> Tensor:
-    """Row-wise Euclidean norms, ``(R,)`` (bit for bit ``a[i].norm()``, unlike ``sqrt(_dot(a, a))``)."""
+    """Row-wise Euclidean norms, ``(R,)``."""
     return torch.linalg.vector_norm(a, dim=1)
 
 
@@ -215,11 +196,11 @@ def stacked_boundary_roots(z: Tensor, d: Tensor, radius: Tensor) -> tuple[Tensor
     """
     a, b = _dot(d, d), _dot(z, d)
     c = torch.clamp(_dot(z, z) - radius * radius, max=0.0)
-    disc = _sqrt(torch.clamp(b * b - a * c, min=0.0))
+    disc = torch.sqrt(torch.clamp(b * b - a * c, min=0.0))
     q = -(b + torch.copysign(disc, b))
     symmetric = q == 0
     r1, r2 = q / a, c / torch.where(symmetric, torch.ones_like(q), q)
-    tau = radius / _sqrt(a)
+    tau = radius / torch.sqrt(a)
     return torch.where(symmetric, -tau, torch.minimum(r1, r2)), torch.where(symmetric, tau, torch.maximum(r1, r2))
 
 
@@ -298,7 +279,7 @@ def stacked_steihaug_cg(
     r = grad.clone()
     g_norm = _norm(grad)
     rr = g_norm * g_norm
-    factor = torch.full_like(g_norm, rtol) if rtol is not None else torch.clamp(_sqrt(g_norm), max=0.5)
+    factor = torch.full_like(g_norm, rtol) if rtol is not None else torch.clamp(torch.sqrt(g_norm), max=0.5)
     tol = factor * g_norm
     d = -r
     codes = torch.where(g_norm == 0, _CODE[StopReason.CONVERGED], torch.full_like(g_norm, _RUNNING, dtype=torch.long))
@@ -351,7 +332,7 @@ def stacked_steihaug_cg(
         z = z_next
         r = r + alpha.unsqueeze(1) * bd
         rr_next = _dot(r, r)
-        converged = _sqrt(rr_next) <= tol
+        converged = torch.sqrt(rr_next) <= tol
         if needed(converged & (codes == _RUNNING)):
             finish(converged, z, r - grad, StopReason.CONVERGED)
         d = torch.where((codes == _RUNNING).unsqueeze(1), -r + (rr_next / rr).unsqueeze(1) * d, d)

@@ -9,14 +9,16 @@ uncommitted changes unless told (``--allow-dirty``).
 from __future__ import annotations
 
 import hashlib
+import io
 import platform
 import subprocess
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["SourceState", "check_source", "code_stamp", "provenance", "source_state"]
+__all__ = ["SourceState", "check_source", "code_stamp", "export_commit", "provenance", "source_state"]
 
 #: the checkout the package is imported from (an editable install); elsewhere git finds nothing
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +40,26 @@ def source_state() -> SourceState:
     except (OSError, subprocess.SubprocessError):
         return {"commit": None, "dirty": None}
     return {"commit": commit, "dirty": dirty}
+
+
+def export_commit(commit: str, dest: Path) -> Path:
+    """The tree of ``commit`` of the package's checkout, written to ``dest`` (``git archive``), a plain
+    folder and no checkout: run from there, its code knows no commit.
+
+    ``ValueError`` naming the commit when the package is not imported from a checkout or the checkout
+    lacks that commit (a shallow clone, another fork).
+    """
+    try:
+        _git("cat-file", "-e", f"{commit}^{{commit}}")
+    except (OSError, subprocess.SubprocessError):
+        raise ValueError(f"commit {commit[:12]} is not in a git checkout here ({ROOT}): fetch it (a shallow clone "
+                         "lacks it), or run the check from a checkout of that commit") from None
+    dest.mkdir(parents=True, exist_ok=True)
+    tar = subprocess.run(["git", "archive", "--format=tar", commit], cwd=ROOT, capture_output=True, check=True,
+                         timeout=120).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    return dest
 
 
 def code_stamp() -> dict[str, Any]:

@@ -31,11 +31,13 @@ built, so each loss still gets its compilations and the process's other compiled
 global limits (torch logs once that it hit the limit; the call then goes on compiled).  No check or
 patch runs on a call that finds its compilation: the normal path costs nothing.
 
-torch 2.11 (the lent GPUs' image) cannot print a shape guard whose framework location is unknown
-(``SLoc.__str__`` formats ``None`` as a frame): on CUDA every compilation of these functions then
-failed with ``InternalTorchDynamoError: AttributeError: 'NoneType' object has no attribute
-'filename'`` and ran eagerly.  :func:`_mend_guard_locations` gives such a torch the newer torch's
-rule (an unknown location prints as empty); a torch that has it is left alone.
+torch 2.11 (the lent GPUs' image, as of 2026-12-07) cannot print a shape guard whose framework
+location is unknown (``SLoc.__str__`` formats ``None`` as a frame): on CUDA every compilation of
+these functions then failed with ``InternalTorchDynamoError: AttributeError: 'NoneType' object has
+no attribute 'filename'`` and ran eagerly.  When a :class:`CompiledPINNLoss` is built (not at
+import), :func:`_mend_guard_locations` gives such a torch the newer torch's rule (an unknown location
+prints as empty); a torch that has it, 2.13 included, is left alone.  Remove the mend once the lent
+GPUs' image runs a newer torch.
 
 The functions depend only on the architecture, the problem and the dtype, so they are kept
 per (problem, layer sizes) for the life of the process (:func:`compiled_pinn_loss`).
@@ -82,8 +84,6 @@ def _mend_guard_locations() -> bool:
     SLoc.__str__ = __str__
     return True
 
-
-_mend_guard_locations()
 
 #: compilations of one code object that each :class:`CompiledPINNLoss` may add past the recompile
 #: limit (dtypes, stacked layouts, shape specialisations: two or three in practice)
@@ -167,6 +167,8 @@ class CompiledPINNLoss:
     built = 0
 
     def __init__(self, problem: PDEProblem, layer_sizes: Sequence[int]) -> None:
+        if CompiledPINNLoss.built == 0:
+            _mend_guard_locations()  # torch 2.11 only (2026-12-07: the lent GPUs' image); see the module's docstring
         CompiledPINNLoss.built += 1
         self.problem = problem
         sizes = list(layer_sizes)

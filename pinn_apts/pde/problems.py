@@ -342,16 +342,6 @@ def import_class_path(path: str) -> Any:
     return obj
 
 
-def canonical_class_path(path: str) -> str:
-    """``path`` as :func:`class_path` names its class today (an older file's path, e.g.
-    ``pinn_apts.pde.problems.Heat``, becomes ``pinn_apts.Heat``); ``path`` itself if it names no class."""
-    try:
-        obj = import_class_path(path)
-    except (ImportError, AttributeError, ValueError):
-        return path
-    return class_path(obj) if isinstance(obj, type) else path
-
-
 def problem_from_spec(spec: Mapping[str, Any]) -> PDEProblem:
     """Rebuild a problem from :meth:`PDEProblem.spec` (``class_path`` and ``init_args``)."""
     if "class_path" not in spec or not isinstance(spec["class_path"], str):

@@ -25,7 +25,7 @@ from ..pde.sampling import CollocationBatch
 from .metrics import RelativeL2Error
 from ..pde.model import MLP
 from ..core.optim import StepInfo, resolve_compile
-from .checkpoints import RESUME_HINT, canonical_class_path, class_path, refuse_other_settings
+from .checkpoints import RESUME_HINT, class_path, refuse_older_version, refuse_other_settings
 from ..pde.problems import PDEProblem, check_int, resolve_problem
 
 __all__ = ["PINNModule"]
@@ -241,9 +241,10 @@ class PINNModule(L.LightningModule):
 
     def _check_checkpoint_matches(self, checkpoint: dict) -> None:
         """Refuse a checkpoint of another method or made with other settings, naming both sides."""
+        refuse_older_version(checkpoint.get("pinn_apts", {}))
         saved_module = checkpoint.get("pinn_apts", {}).get("module")
         mine = class_path(type(self))
-        if saved_module is not None and canonical_class_path(saved_module) != mine:
+        if saved_module is not None and saved_module != mine:
             raise ValueError(
                 f"the checkpoint was made by {saved_module.rpartition('.')[2]} and this run's model is "
                 f"{mine.rpartition('.')[2]}: {RESUME_HINT}"
