@@ -7,27 +7,36 @@ with overrides such as ``--trainer.max_steps 200``; ``pinn-apts fit
 
 Exit status of the console script (:func:`main`): 0 after a finished run; ``128 + N`` after
 a run stopped by signal ``N`` (130 for Ctrl-C, 143 for SIGTERM; ``last.ckpt`` then holds the
-last finished outer iteration); 2 after bad input (a missing file included) and 1 after a
-non-finite loss, each with
-the message as the last line (``PINN_APTS_TRACEBACK=1`` shows the traceback instead).
+last finished outer iteration); 2 after bad input (a missing or unreadable file included), 1 after
+a non-finite loss, and 3 when a peer process of a multi-process run failed or hung past
+``--collective_timeout`` (the message names the checkpoint to resume from and the command), each
+with the message as the last line (``PINN_APTS_TRACEBACK=1`` shows the traceback instead).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import sys
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.strategies import DDPStrategy
+from torch.distributed.constants import default_pg_timeout
 
 from .callbacks import GracefulStop
 from .data import PINNDataModule
+from .faults import FAULT_ATTRIBUTE
 from .module import PINNModule
 
-__all__ = ["CONFIG_DIR", "PINNCLI", "cli_main", "main"]
+__all__ = ["COLLECTIVE_TIMEOUT", "CONFIG_DIR", "PINNCLI", "cli_main", "main"]
+
+#: seconds a process of a DDP run waits for its peers in a collective before it gives up (``--collective_timeout``)
+COLLECTIVE_TIMEOUT = 300.0
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[1])  # pinn_apts/
 
@@ -42,6 +51,12 @@ class PINNCLI(LightningCLI):
         parser.link_arguments("data.problem", "model.init_args.problem", apply_on="instantiate")
         parser.link_arguments("data.seed", "model.init_args.seed")
         parser.add_argument(
+            "--collective_timeout", type=float, default=COLLECTIVE_TIMEOUT,
+            help="seconds a process of a multi-process (DDP) run waits in a collective operation for its peers "
+                 "before it stops with a message naming the checkpoint to resume from (torch's default, 30 "
+                 "minutes, is far longer than an outer iteration); a DDPStrategy given its own timeout keeps it",
+        )
+        parser.add_argument(
             "--threads", type=int, default=1,
             help="CPU threads of this process (torch.set_num_threads). PINN tensors are small: one "
                  "thread is as fast as two on an idle 2-core machine and many times faster on a busy one.",
@@ -51,7 +66,19 @@ class PINNCLI(LightningCLI):
         config = self.config[self.subcommand] if self.subcommand else self.config
         if config.threads < 1:
             raise ValueError(f"threads must be an integer >= 1, got {config.threads}")
+        if not (config.collective_timeout > 0 and math.isfinite(config.collective_timeout)):
+            raise ValueError(f"collective_timeout must be a number of seconds > 0, got {config.collective_timeout}")
         torch.set_num_threads(config.threads)
+
+    def instantiate_trainer(self, **kwargs):
+        """Lightning's trainer, whose DDP strategy (if any) waits ``--collective_timeout`` seconds for a peer
+        instead of torch's default 30 minutes, unless it was given a timeout of its own."""
+        trainer = super().instantiate_trainer(**kwargs)
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        strategy = trainer.strategy
+        if isinstance(strategy, DDPStrategy) and getattr(strategy, "_timeout", None) == default_pg_timeout:
+            strategy._timeout = timedelta(seconds=config.collective_timeout)  # read when the process group starts
+        return trainer
 
     def _parse_ckpt_path(self) -> None:
         """Keep the configuration as given when a run is resumed with ``--ckpt_path``.
@@ -105,9 +132,14 @@ def main(args: list[str] | None = None) -> int:
         sys.path.insert(0, cwd)
     try:
         cli = cli_main(args)
-    except (ValueError, TypeError, FloatingPointError, FileNotFoundError) as err:
-        if os.environ.get("PINN_APTS_TRACEBACK"):
+    except Exception as err:
+        fault = getattr(err, FAULT_ATTRIBUTE, None)
+        if os.environ.get("PINN_APTS_TRACEBACK") or (
+                fault is None and not isinstance(err, (ValueError, TypeError, FloatingPointError, FileNotFoundError))):
             raise
+        if fault is not None:
+            sys.stderr.write(f"pinn-apts: error: {fault}\n")
+            return 3
         sys.stderr.write(f"pinn-apts: error: {_user_message(err)}\n")
         return 1 if isinstance(err, FloatingPointError) else 2
     stop = next((cb for cb in cli.trainer.callbacks if isinstance(cb, GracefulStop) and cb.stopped), None)

@@ -9,6 +9,7 @@ checks from :class:`PINNModule`, and a method only implements
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 
@@ -25,6 +26,7 @@ from ..pde.sampling import CollocationBatch
 from .metrics import RelativeL2Error
 from ..pde.model import MLP
 from ..core.optim import StepInfo, resolve_compile
+from .faults import FaultReport, read_checkpoint
 from .checkpoints import RESUME_HINT, class_path, refuse_older_version, refuse_other_settings
 from ..pde.problems import PDEProblem, check_int, resolve_problem
 
@@ -205,8 +207,17 @@ class PINNModule(L.LightningModule):
 
     def configure_callbacks(self) -> list[L.Callback]:
         """A signal stops the run after the current outer iteration; the run's folders are reported;
-        the error figure is drawn at the end."""
-        return [GracefulStop(), RunReport(), ErrorFigure()]
+        the error figure is drawn at the end; checkpoints are written atomically and read with a clear
+        refusal, and a failed peer process is reported with the command to resume."""
+        return [GracefulStop(), RunReport(), ErrorFigure(), FaultReport()]
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path, *args, **kwargs):
+        """Lightning's, after a safe read of the file: one that is not a readable pinn-apts checkpoint
+        raises :class:`~pinn_apts.training.faults.CheckpointError` naming it and why."""
+        if isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path):
+            read_checkpoint(checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     #: ``"auto"``, ``"on"`` or ``"off"`` for the modules whose optimizer can take compiled steps
     compile_mode: str | None = None
