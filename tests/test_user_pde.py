@@ -1,4 +1,4 @@
-"""The README's example: a user-defined PDE in a few lines, trained with every optimizer."""
+"""The example of docs/extending.md: a user-defined PDE in a few lines, trained with every optimizer."""
 
 import math
 

@@ -13,7 +13,7 @@ as both initial and maximum radius, so ``|s_k^d| <= Delta_k``.  The corrections 
 ``theta_{k+1/2}`` with radius ``Delta_{k+1/2}``, shrinking and retrying until accepted (or the
 radius reaches ``Delta_min``, which is recorded).  ``Delta`` stays in ``[Delta_min, Delta_max]``.
 
-Choices where the paper leaves room (documented here, in the README, and parameters where a
+Choices where the paper leaves room (documented here, in docs/choices.md, and parameters where a
 researcher would vary them):
 
 - *Stage I radius.*  The paper updates ``Delta`` after Stage I "using trust-region

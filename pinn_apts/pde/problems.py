@@ -3,7 +3,7 @@
 A problem is declared as data plus one residual function.  Points are ``(N, 2)``
 tensors whose columns are ``(t, x)``; a steady (elliptic) problem sets ``steady = True``:
 its columns are ``(y, x)``, the edge ``y = lo`` is the set ``I`` and the other three edges
-form ``B`` (Laplace, and the Poisson example of the README).
+form ``B`` (Laplace, and the Poisson example of docs/extending.md).
 
 Define your own PDE by subclassing :class:`PDEProblem` and registering it::
 

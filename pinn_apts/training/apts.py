@@ -78,7 +78,7 @@ class APTSPINN(PINNModule):
 
     progress_bar = {"radius": "apts/radius", "acc": "apts/stage1_acceptance_rate"}
     #: compile=auto compiles from this run length: on the development CPU compiling (20-90 s) saved
-    #: about 0.12 s of a 0.3 s Burgers iteration (README, Speed)
+    #: about 0.12 s of a 0.3 s Burgers iteration (docs/speed.md)
     compile_min_iterations = 1000
 
     def __init__(

@@ -150,7 +150,7 @@ class TrustRegionPINN(PINNModule):
         self.steps_per_iteration = check_int("steps_per_iteration", steps_per_iteration)
 
     #: compile=auto compiles from this run length: a TR iteration is cheap, so compiling (20-90 s)
-    #: pays only over long runs (README, Speed)
+    #: pays only over long runs (docs/speed.md)
     compile_min_iterations = 5000
 
     def configure_optimizers(self) -> TrustRegion:
