@@ -13,45 +13,17 @@ as both initial and maximum radius, so ``|s_k^d| <= Delta_k``.  The corrections 
 ``theta_{k+1/2}`` with radius ``Delta_{k+1/2}``, shrinking and retrying until accepted (or the
 radius reaches ``Delta_min``, which is recorded).  ``Delta`` stays in ``[Delta_min, Delta_max]``.
 
-Choices where the paper leaves room (documented here, in docs/choices.md, and parameters where a
-researcher would vary them):
+:meth:`APTS._outer_iteration` reads as Algorithm 1: :meth:`~APTS._stage1` (the local solves,
+summed over the processes), :meth:`~APTS._acceptance_test` (a :class:`Stage1Trial`),
+:meth:`~APTS._stage2` (a :class:`~pinn_apts.core.optim.StepInfo`) and the record,
+:class:`APTSStepInfo`.  The variants are chosen once per iteration, not branched on inside it:
+where each stage gets its derivatives (:class:`StageDerivatives`: the graph, compiled functions,
+Gauss–Newton products) and how Stage I uses and moves a radius (:class:`Stage1Radius`).
 
-- *Stage I radius.*  The paper updates ``Delta`` after Stage I "using trust-region
-  heuristics" without saying which.  Three rules are here (:func:`stage1_radius_update`):
-  ``"keep"`` (default) leaves ``Delta`` to Stage II's ratio test; ``"decrease"`` shrinks it when
-  the Stage I step is rejected; ``"ratio"`` forms ``rho_I = (L(theta_k) - L(theta_k + s_bar)) /
-  pred_I`` with ``pred_I`` the combined predicted reductions of the accepted local steps and
-  follows :func:`~pinn_apts.core.trust_region.update_radius`.  On 500-iteration runs (D = 4, seeds
-  1 and 2, ``benchmarks/stage1_radius.py``) ``"keep"`` gave the lowest error on Burgers and
-  Laplace and tied on Heat: the Stage I test often fails while its direction still helps, and
-  the other rules then shrink the radius that Stage II needs (docs/RESULTS.md).  Acceptance
-  itself is the paper's plain decrease test.
-  A fourth, ``"own"``, gives Stage I a radius of its own, ``Delta_I``: the replicas solve with
-  ``Delta_I / J``, ``Delta_I`` follows Stage I's acceptance test (shrink on rejection, grow on an
-  acceptance whose local steps reached their boundary), and ``Delta`` is Stage II's alone, so a
-  failing Stage I neither takes steps that fill Stage II's radius nor shrinks it.  (``rho_I`` is
-  no guide for it: averaging ``D`` corrections that point different ways realizes only part of
-  the predicted decreases, so on Burgers ``rho_I`` stayed below ``eta1`` and drove ``Delta_I``
-  to ``Delta_min`` within 60 iterations.)
-- *Coherent local objectives* (``coherent=True``, not in the paper): each replica's objective
-  gets the linear term ``(grad L(theta_k) - grad L_k^d(theta_k)) . (theta - theta_k)``, so that
-  all replicas start from the full gradient and differ only in curvature (the first-order
-  coherence of multilevel trust-region methods).  On Burgers the paper's replicas' corrections
-  are close to orthogonal (``apts/replica_coherence`` about ``1/D``).
-- *Step length.*  With ``stage1_search = m`` a rejected ``s_bar`` is halved up to ``m`` times
-  (``theta_k + alpha s_bar``, one full-loss evaluation each) before Stage I gives up.
-- *Local steps.*  Each local step has its own ratio test on ``L_k^d``: a rejected local step
-  leaves the replica where it is and halves the local radius (which may grow back, at most
-  to ``Delta_k / J``).  With ``local_retry`` a rejected local step is retried at once with the
-  smaller radius instead of using up one of the ``J`` steps.
-- *Combination.*  ``combine="average"`` (paper) or ``"sum"`` (the additive-Schwarz form).
-- *Curvature and subproblem solver* (not in the paper).  ``local_curvature="gauss_newton"`` solves
-  the replicas' subproblems with the Gauss–Newton matrix ``2 J^T J`` of their residuals instead of
-  the Hessian, ``curvature="gauss_newton"`` Stage II's; ``local_subproblem="exact"`` and
-  ``subproblem="exact"`` solve those Gauss–Newton subproblems exactly instead of by 12 CG
-  iterations (:mod:`~pinn_apts.core.least_squares`: trust-region Levenberg–Marquardt).
-- *Loss reuse.*  The loss of the acceptance test, at ``theta_{k+1/2}``, starts Stage II, so
-  the full loss is evaluated once less per iteration; nothing in the results changes.
+Where the paper leaves room, the choices are parameters of :class:`APTSConfig` (the Stage I
+radius rule, a step-length search, coherent local objectives, local retries, the combination,
+the curvature and subproblem solver of each stage); what each does and what it measured are in
+``docs/choices.md``.
 """
 
 from __future__ import annotations
@@ -68,8 +40,20 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from .distributed import Communicator, replicas_of_rank
-from .optim import RecordingOptimizer, StepInfo, check_compile, flat_derivatives, offered, trust_region_step
-from .replicas import LocalSolveResult, batched_local_solves, flat_gradient, local_solves
+from .optim import (
+    RecordingOptimizer,
+    StepInfo,
+    check_compile,
+    flat_derivatives,
+    offered,
+    trust_region_step,
+)
+from .replicas import (
+    LocalSolveResult,
+    batched_local_solves,
+    flat_gradient,
+    local_solves,
+)
 from .trust_region import (
     DEFAULT_RADIUS,
     SUBPROBLEMS,
@@ -81,7 +65,8 @@ from .trust_region import (
     update_radius,
 )
 
-__all__ = ["APTS", "APTSConfig", "APTSObjective", "APTSStepInfo", "APTSTotals", "Objective", "resolve_replicas"]
+__all__ = ["APTS", "APTSConfig", "APTSObjective", "APTSStepInfo", "APTSTotals", "Objective", "Stage1Radius", "Stage1Trial",
+           "StageDerivatives", "resolve_replicas"]
 
 
 @dataclass(frozen=True)
@@ -314,6 +299,87 @@ class Objective:
         return self.stacked_local is not None
 
 
+@dataclass(frozen=True)
+class Stage1Trial:
+    """The acceptance test of Stage I's combined correction."""
+
+    correction: Tensor  #: ``s_bar``, the average (or sum) of the replicas' corrections
+    alpha: float  #: the step length tried last: ``theta_k + alpha s_bar``
+    loss: Tensor  #: the full loss there (with its graph when no flat derivatives are used)
+    value: float  #: its value, summed over the processes
+    accepted: bool  #: whether it is below ``L(theta_k)``
+    rho: float  #: ``(L(theta_k) - L(theta_k + alpha s_bar)) / (alpha * predicted)``
+
+
+@dataclass(frozen=True)
+class StageDerivatives:
+    """Where each stage gets its loss, gradient and products, chosen once per outer iteration:
+    flat functions of the parameters (compiled, or for Gauss–Newton models eager) or, where ``None``,
+    the graph of the loss."""
+
+    #: the full loss's (Stage II's curvature): ``None`` takes the graph
+    full: object | None
+    #: replica ``d``'s, for sequential replicas (``local(d)``), or ``None``: the graph
+    local: Callable[[int], object | None] | None
+    objective: APTSObjective
+    config: APTSConfig
+    compile: bool
+
+    @classmethod
+    def of(cls, objective: APTSObjective, config: APTSConfig, compile: bool, mode: str) -> StageDerivatives:
+        full = flat_derivatives(objective, config.trust_region.curvature, compile)
+        local_curvature = config.local_trust_region.curvature
+        if local_curvature == "hessian":  # the paper's: compiled where Stage II is (then per replica too)
+            local = objective.compiled if offered(objective, "compiled", compile) is not None else None
+        else:
+            flat_derivatives(objective, local_curvature, compile)  # refuses an objective without them
+            local = partial(flat_derivatives, objective, local_curvature, compile)
+        return cls(full, local, objective, config, compile)
+
+    def graph(self):
+        """The context of a full-loss evaluation: a graph only where no flat functions replace it."""
+        return torch.enable_grad() if self.full is None else torch.no_grad()
+
+    def stacked(self) -> object | None:
+        """The batched replicas' stacked functions (compiled, or Gauss–Newton products eagerly), or
+        ``None``: the graph of the stacked loss."""
+        local_curvature = self.config.local_trust_region.curvature
+        curvature = {} if local_curvature == "hessian" else {"curvature": local_curvature}
+        stacked = offered(self.objective, "compiled_stacked", self.compile, **curvature)
+        if stacked is None and curvature:  # Gauss–Newton products: eagerly if not compiled
+            stacked = offered(self.objective, "compiled_stacked", True, compiled=False, **curvature)
+        return stacked
+
+
+@dataclass(frozen=True)
+class Stage1Radius:
+    """How Stage I uses and moves a radius (``stage1_radius``, :func:`stage1_radius_update`): the
+    shared ``Delta`` for ``"keep"``, ``"decrease"`` and ``"ratio"``; Stage I's own ``Delta_I``
+    for ``"own"``, which leaves ``Delta`` to Stage II."""
+
+    rule: str
+    optimizer: APTS
+
+    @classmethod
+    def of(cls, optimizer: APTS) -> Stage1Radius:
+        return cls(optimizer.config.stage1_radius, optimizer)
+
+    def solve_radius(self, radius: float) -> float:
+        """The radius the replicas solve with (each ``/ J``)."""
+        return self.optimizer.stage1_own_radius if self.rule == "own" else radius
+
+    def after(self, radius: float, trial: Stage1Trial, hit_boundary: bool) -> float:
+        """``Delta_{k+1/2}``, Stage II's starting radius, after the acceptance test (and ``Delta_I``
+        moved in the optimizer's state, for ``"own"``)."""
+        tr = self.optimizer.config.trust_region
+        if self.rule == "own":
+            optimizer = self.optimizer
+            optimizer.state[optimizer.key]["stage1_own_radius"] = stage1_radius_update(
+                "own", optimizer.stage1_own_radius, trial.accepted, trial.rho, hit_boundary, tr)
+            return radius
+        return stage1_radius_update(self.rule, radius, trial.accepted, trial.rho, hit_boundary, tr)
+
+
 class APTS(RecordingOptimizer):
     """Data-parallel Additively Preconditioned Trust-Region Strategy (Algorithm 1).
 
@@ -454,104 +520,104 @@ class APTS(RecordingOptimizer):
 
     def _outer_iteration(self, params: list[Tensor], start: Tensor, objective: APTSObjective,
                          local: Callable, mode: str) -> Tensor:
-        config, closure = self.config, objective.full
-        tr, replicas = config.trust_region, self.replicas
-        radius = self.radius
-        own = config.stage1_radius == "own"
-        stage1_delta = self.stage1_own_radius if own else radius  # the replicas solve with stage1_delta / J
-        comm = self.communicator
-        total = comm.all_reduce_sum
-        reduce = total if comm.world_size > 1 else None
-
-        # ---- Stage I: additive preconditioning ----------------------------------------
+        """Algorithm 1, one outer iteration: Stage I's corrections, their acceptance test, Stage II."""
+        config = self.config
         t0 = time.perf_counter()
-        global_derivatives = flat_derivatives(objective, tr.curvature, self.compile)
-        local_tr = config.local_trust_region
-        if local_tr.curvature == "hessian":  # the paper's: compiled where Stage II is (then per replica too)
-            compiled = objective.compiled if offered(objective, "compiled", self.compile) is not None else None
-        else:
-            flat_derivatives(objective, local_tr.curvature, self.compile)  # refuses an objective without them
-            compiled = partial(flat_derivatives, objective, local_tr.curvature, self.compile)
-        curvature = {} if local_tr.curvature == "hessian" else {"curvature": local_tr.curvature}  # batched replicas
-        graph = torch.enable_grad() if global_derivatives is None else torch.no_grad()  # flat functions: no graph
-        with graph:
-            loss = closure()
-        loss_value = float(total(loss.detach()))
+        derivatives = StageDerivatives.of(objective, config, self.compile, mode)
+        with derivatives.graph():
+            loss = objective.full()
+        loss_value = float(self.communicator.all_reduce_sum(loss.detach()))
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
-        full_gradient = self._full_gradient(loss, params, start, global_derivatives) if config.coherent else None
-        if mode == "batched":
-            stacked = offered(objective, "compiled_stacked", self.compile, **curvature)
-            if stacked is None and curvature:  # Gauss–Newton products: eagerly if not compiled
-                stacked = offered(objective, "compiled_stacked", True, compiled=False, **curvature)
-            solved = batched_local_solves(params, local, stage1_delta, local_tr, replicas, config.local_steps,
-                                          derivatives=stacked, full_gradient=full_gradient)
-        else:
-            solved = local_solves(params, local, replicas, stage1_delta, local_tr, config.local_steps,
-                                  config.local_retry, derivatives=compiled, full_gradient=full_gradient)
-        # one collective: this rank's corrections and counters, summed over the ranks
-        summed = _unpack(total(_pack(solved, config.num_subdomains)), start.numel(), config.num_subdomains)
-        scale = 1.0 / config.num_subdomains if config.combine == "average" else 1.0
-        correction = scale * summed.correction_sum
-        alpha = 1.0
-        for halvings in range(config.stage1_search + 1):  # theta_k + alpha s_bar, alpha = 1, 1/2, ...
-            with torch.no_grad():
-                vector_to_parameters(start + alpha * correction, params)  # alpha = 1: bit for bit s_bar
-            with graph:
-                trial = closure()
-            trial_value = float(total(trial.detach()))
-            accepted = math.isfinite(trial_value) and trial_value < loss_value
-            if accepted or halvings == config.stage1_search:
-                break
-            alpha *= 0.5
-        # the predicted decrease of a shortened step: the combined one scaled by alpha (to first order)
-        rho = reduction_ratio(loss_value - trial_value, alpha * scale * summed.predicted_sum)
-        if own:
-            self.state[self.key]["stage1_own_radius"] = stage1_radius_update(
-                "own", stage1_delta, accepted, rho, summed.hit_boundary, tr)
-        else:
-            radius = stage1_radius_update(config.stage1_radius, radius, accepted, rho, summed.hit_boundary, tr)
-        if not accepted:
-            with torch.no_grad():
-                vector_to_parameters(start, params)
-        stage1_radius = radius
+        radius_rule = Stage1Radius.of(self)
+        solved = self._stage1(params, start, loss, local, mode, derivatives, radius_rule.solve_radius(self.radius))
+        trial = self._acceptance_test(params, start, objective.full, derivatives, solved, loss_value)
+        radius = radius_rule.after(self.radius, trial, solved.hit_boundary)
         t1 = time.perf_counter()
-
-        # ---- Stage II: global trust-region refinement ---------------------------------
-        last = self.last_step
-        global_step, _ = trust_region_step(closure, params, radius, tr, retry=True,
-                                           loss=trial if accepted else loss, reduce=reduce,
-                                           derivatives=global_derivatives,
-                                           multiplier=last.stage2.multiplier if last is not None else 0.0)
-        radius = global_step.radius  # update_radius keeps it in [min_radius, max_radius]
+        stage2 = self._stage2(objective.full, params, radius, derivatives, trial.loss if trial.accepted else loss)
         t2 = time.perf_counter()
 
         info = APTSStepInfo(
             loss=loss_value,
-            stage1_loss=trial_value,
-            stage1_accepted=accepted,
-            stage1_rho=rho,
-            stage1_radius=stage1_radius,
-            correction_norm=float(correction.norm()),
-            stage1_step=alpha if accepted else 0.0,
-            stage1_own_radius=self.stage1_own_radius if own else None,
-            max_replica_norm=max(summed.correction_norms.values()),
-            local_accepted=summed.local_accepted,
-            local_steps=summed.local_steps,
-            local_cg_iterations=summed.cg_iterations,
-            local_reasons=summed.reasons,
-            stage2=global_step,
-            radius=radius,
-            new_loss=global_step.new_loss,
+            stage1_loss=trial.value,
+            stage1_accepted=trial.accepted,
+            stage1_rho=trial.rho,
+            stage1_radius=radius,
+            correction_norm=float(trial.correction.norm()),
+            stage1_step=trial.alpha if trial.accepted else 0.0,
+            stage1_own_radius=self.stage1_own_radius if config.stage1_radius == "own" else None,
+            max_replica_norm=max(solved.correction_norms.values()),
+            local_accepted=solved.local_accepted,
+            local_steps=solved.local_steps,
+            local_cg_iterations=solved.cg_iterations,
+            local_reasons=solved.reasons,
+            stage2=stage2,
+            radius=stage2.radius,  # update_radius keeps it in [min_radius, max_radius]
+            new_loss=stage2.new_loss,
             stage1_seconds=t1 - t0,
             stage2_seconds=t2 - t1,
-            replica_coherence=replica_coherence(summed.correction_sum, summed.correction_norms.values()),
+            replica_coherence=replica_coherence(solved.correction_sum, solved.correction_norms.values()),
         )
-        self._record(info, radius, iterations=1, stage1_accepted=int(accepted), stage2_tries=global_step.tries,
-                     stage2_floor_hits=int(not global_step.accepted))
+        self._record(info, stage2.radius, iterations=1, stage1_accepted=int(trial.accepted),
+                     stage2_tries=stage2.tries, stage2_floor_hits=int(not stage2.accepted))
         return torch.tensor(loss_value)
 
-    def _full_gradient(self, loss: Tensor, params: list[Tensor], start: Tensor, derivatives) -> Tensor:
+    def _stage1(self, params: list[Tensor], start: Tensor, loss: Tensor, local: Callable, mode: str,
+                derivatives: StageDerivatives, radius: float) -> LocalSolveResult:
+        """Stage I's local solves from ``theta_k`` (``start``) with radius ``radius / J`` each, this
+        process's replicas one after another or batched, their corrections and counters summed over
+        the processes with one collective."""
+        config = self.config
+        full_gradient = self._full_gradient(loss, params, start, derivatives.full) if config.coherent else None
+        if mode == "batched":
+            solved = batched_local_solves(params, local, radius, config.local_trust_region, self.replicas,
+                                          config.local_steps, derivatives=derivatives.stacked(),
+                                          full_gradient=full_gradient)
+        else:
+            solved = local_solves(params, local, self.replicas, radius, config.local_trust_region, config.local_steps,
+                                  config.local_retry, derivatives=derivatives.local, full_gradient=full_gradient)
+        summed = self.communicator.all_reduce_sum(_pack(solved, config.num_subdomains))
+        return _unpack(summed, start.numel(), config.num_subdomains)
+
+    def _acceptance_test(self, params: list[Tensor], start: Tensor, full: Callable[[], Tensor],
+                         derivatives: StageDerivatives, solved: LocalSolveResult, loss_value: float) -> Stage1Trial:
+        """The combined correction ``s_bar`` (average or sum), tried at ``theta_k + alpha s_bar`` for
+        ``alpha = 1, 1/2, ...`` (``stage1_search`` halvings) until the full loss decreases; the
+        parameters are left at the accepted point, or at ``theta_k``."""
+        config = self.config
+        scale = 1.0 / config.num_subdomains if config.combine == "average" else 1.0
+        correction = scale * solved.correction_sum
+        alpha = 1.0
+        for halvings in range(config.stage1_search + 1):
+            with torch.no_grad():
+                vector_to_parameters(start + alpha * correction, params)  # alpha = 1: bit for bit s_bar
+            with derivatives.graph():
+                trial = full()
+            trial_value = float(self.communicator.all_reduce_sum(trial.detach()))
+            accepted = math.isfinite(trial_value) and trial_value < loss_value
+            if accepted or halvings == config.stage1_search:
+                break
+            alpha *= 0.5
+        if not accepted:
+            with torch.no_grad():
+                vector_to_parameters(start, params)
+        # the predicted decrease of a shortened step: the combined one scaled by alpha (to first order)
+        rho = reduction_ratio(loss_value - trial_value, alpha * scale * solved.predicted_sum)
+        return Stage1Trial(correction, alpha, trial, trial_value, accepted, rho)
+
+    def _stage2(self, full: Callable[[], Tensor], params: list[Tensor], radius: float,
+                derivatives: StageDerivatives, loss: Tensor) -> StepInfo:
+        """One global trust-region step on the full loss, shrinking and retrying until accepted
+        (``loss``: the full loss at the current parameters, reused)."""
+        last = self.last_step
+        communicator = self.communicator
+        step, _ = trust_region_step(full, params, radius, self.config.trust_region, retry=True, loss=loss,
+                                    reduce=communicator.all_reduce_sum if communicator.world_size > 1 else None,
+                                    derivatives=derivatives.full,
+                                    multiplier=last.stage2.multiplier if last is not None else 0.0)
+        return step
+
+    def _full_gradient(self, loss: Tensor, params: list[Tensor], start: Tensor, derivatives: object | None) -> Tensor:
         """``grad L(theta_k)`` (summed over the processes) for coherent local objectives; the graph of
         ``loss`` (eager) is kept for Stage II."""
         if derivatives is not None:
@@ -566,14 +632,11 @@ class APTS(RecordingOptimizer):
 
 def resolve_replicas(mode: str, device: torch.device, owned: int, local_retry: bool = False,
                      can_batch: bool = True) -> str:
-    """``"sequential"`` or ``"batched"``: ``mode`` itself, or for ``"auto"`` the faster one measured.
-
-    ``benchmarks/parallel.py`` (tables in ``benchmarks/results/``): on an H200 the batched
-    replicas cut Stage I by 1.5x (D = 2, 4) to 7.5x (D = 8) and cost 1.5x more with one replica;
-    on a CPU they were no faster (0.97-1.18x, noise of tens of percent). So ``"auto"`` batches
-    on a CUDA device when this rank owns two replicas or more, and runs them one after another
-    otherwise: always with ``local_retry``, which only the sequential replicas support, and when
-    the caller gives no batched loss (``can_batch=False``).
+    """``"sequential"`` or ``"batched"``: ``mode`` itself, or for ``"auto"`` the faster one measured
+    (``benchmarks/parallel.py``, tables in ``benchmarks/results/``): batched on a CUDA device when
+    this rank owns two replicas or more, one after another otherwise (a CPU, where batching was no
+    faster), always with ``local_retry``, which only the sequential replicas support, and when the
+    caller gives no batched loss (``can_batch=False``).
     """
     if mode != "auto":
         return mode
