@@ -1,5 +1,6 @@
 """Faults: bad checkpoint files, a writer killed mid-write, a dead peer process of a DDP run."""
 
+import contextlib
 import os
 import re
 import shutil
@@ -198,3 +199,39 @@ def test_a_dead_peer_stops_rank_0_with_the_resume_command_and_resuming_is_exact(
     untimed = lambda record: {k: v for k, v in record.items() if not k.endswith("_seconds")}
     assert untimed(apts_a["last"]) == untimed(apts_b["last"])
     assert {k: v for k, v in apts_a.items() if k != "last"} == {k: v for k, v in apts_b.items() if k != "last"}
+
+
+@console
+@pytest.mark.ddp
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="finds the peer process through /proc")
+def test_a_hung_peer_stops_rank_0_after_the_collective_timeout_with_the_resume_command(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PINN_APTS_TRACEBACK")}
+    checkpoint = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    log = (tmp_path / "stderr.txt").open("w")  # not a pipe: the stopped peer would hold it open
+    run = subprocess.Popen(["pinn-apts", "fit", *DDP, "--trainer.max_steps=400", "--collective_timeout=30"],
+                           cwd=tmp_path, env=env, stderr=log, stdout=subprocess.DEVNULL, text=True)
+    peer = None
+    try:
+        deadline = time.monotonic() + 300
+        while saved_step(checkpoint) < 10 and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        (peer,) = children(run.pid)
+        os.kill(peer, signal.SIGSTOP)  # alive, but it answers no collective
+        stopped_at = time.monotonic()
+        run.wait(timeout=300)
+        waited = time.monotonic() - stopped_at
+    finally:
+        run.kill()
+        log.close()
+        if peer is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(peer, signal.SIGKILL)
+    err = (tmp_path / "stderr.txt").read_text()
+    assert run.returncode == 3, err[-3000:]
+    assert 30 <= waited < 200  # the timeout given (it must also cover the processes' start), not 30 minutes
+    last = err.strip().splitlines()[-1]
+    assert "did not answer within the process-group timeout (--collective_timeout" in last, last
+    resume = re.search(r"resume from (\S+) \(after outer iteration (\d+)\) with: pinn-apts fit --config \S+ "
+                       r"--ckpt_path (\S+)$", last)
+    assert resume is not None and Path(resume[1]) == checkpoint == Path(resume[3]), last
+    assert int(resume[2]) >= 10 and saved_step(checkpoint) == int(resume[2])
