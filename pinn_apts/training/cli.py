@@ -54,7 +54,8 @@ class PINNCLI(LightningCLI):
             "--collective_timeout", type=float, default=COLLECTIVE_TIMEOUT,
             help="seconds a process of a multi-process (DDP) run waits in a collective operation for its peers "
                  "before it stops with a message naming the checkpoint to resume from (torch's default, 30 "
-                 "minutes, is far longer than an outer iteration); a DDPStrategy given its own timeout keeps it",
+                 "minutes, is far longer than an outer iteration; it must also cover the processes' start); a "
+                 "DDPStrategy given its own timeout keeps it",
         )
         parser.add_argument(
             "--threads", type=int, default=1,
