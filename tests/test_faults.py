@@ -132,6 +132,17 @@ def test_collective_timeout_reaches_the_ddp_strategy_and_is_checked():
         cli_main([*args, "--collective_timeout=0"], run=False)
 
 
+def test_only_a_broken_collective_is_reported_as_a_failed_peer():
+    """A non-finite loss under DDP stops every rank alike (its own message, exit 1): rank 1 exiting
+    with status 1 beside it must not turn it into a failed peer."""
+    from pinn_apts.training.faults import _collective_failure
+
+    assert _collective_failure(RuntimeError("[pair.cc:537] Read error [127.0.0.1]:58599: Connection reset by peer"))
+    assert _collective_failure(RuntimeError("[unbound_buffer.cc:78] Timed out waiting 10000ms for recv operation"))
+    assert not _collective_failure(FloatingPointError("non-finite loss at outer iteration 3: the interior term is nan"))
+    assert not _collective_failure(ValueError("num_subdomains (D=3) must be divisible by the number of processes"))
+
+
 # ---------------------------------------------------------------- a dead peer, on 2 processes with gloo
 console = pytest.mark.skipif(shutil.which("pinn-apts") is None, reason="console script not installed")
 DDP = ["--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.max_steps=60",

@@ -143,11 +143,9 @@ class FaultReport(Callback):
         self.checkpoints = last_checkpoint_paths(trainer)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if trainer.world_size < 2 or not isinstance(exception, Exception):
-            return
+        if trainer.world_size < 2 or not _collective_failure(exception):
+            return  # e.g. a non-finite loss, which every rank meets alike: its own message and status
         dead = _dead_peers(trainer)
-        if not dead and not _PEER_FAILURE.search(f"{type(exception).__name__} {exception}"):
-            return
         with contextlib.suppress(AttributeError, TypeError):
             setattr(exception, FAULT_ATTRIBUTE, self.message(trainer, exception, dead))
 
@@ -177,6 +175,14 @@ class FaultReport(Callback):
         else:
             lines.append("no checkpoint was written before: start the run again")
         return "; ".join(lines)
+
+
+def _collective_failure(exception: BaseException) -> bool:
+    """Whether ``exception`` is a broken collective: torch.distributed's own error types, or the
+    transport's words in a ``RuntimeError`` (gloo raises those)."""
+    if isinstance(exception, getattr(torch.distributed, "DistError", ())):
+        return True
+    return isinstance(exception, RuntimeError) and _PEER_FAILURE.search(str(exception)) is not None
 
 
 def _saved_step(path: Path) -> int | None:
