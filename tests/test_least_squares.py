@@ -227,3 +227,16 @@ def test_exact_steps_need_an_objective_with_residuals():
     opt = TrustRegion([w], curvature="gauss_newton", subproblem="exact")
     with pytest.raises(ValueError, match="curvature='gauss_newton' needs an objective that gives its residuals"):
         opt.step(lambda: (w - 1).square().sum())
+
+
+@pytest.mark.parametrize("rows, cols", [(50, 30), (1850, 921), (450, 921)])
+def test_gram_is_the_symmetric_product_of_the_column_blocks(rows, cols):
+    from pinn_apts.core.least_squares import gram
+
+    matrix = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows), dtype=torch.float64)
+    product = gram(matrix)
+    reference = matrix.T @ matrix
+    assert torch.equal(product, product.T)  # exactly symmetric, unlike a plain product
+    assert float((product - reference).abs().max()) <= 1e-13 * float(reference.abs().max())
+    outer = matrix @ matrix.T
+    assert float((gram(matrix.T) - outer).abs().max()) <= 1e-13 * float(outer.abs().max())

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from .trust_region import CGResult, StopReason
 
-__all__ = ["EigenSolution", "GaussNewtonModel", "NormalEquationsModel", "solve_in_eigenbasis"]
+__all__ = ["GRAM_BLOCKS", "EigenSolution", "GaussNewtonModel", "NormalEquationsModel", "gram", "solve_in_eigenbasis"]
 
 #: Newton/bisection iterations of the secular equation at most (it converges in 5-15)
 MAX_ROOT_ITERATIONS = 100
@@ -61,6 +61,30 @@ class EigenSolution:
 
 def _norm_at(theta: Tensor, gamma: Tensor, lam: float) -> float:
     return float((gamma / (theta + lam)).norm())
+
+
+#: column blocks of :func:`gram`: the products above the diagonal blocks, (blocks + 1) / (2 blocks) of
+#: the full product's work (torch has no symmetric rank-k update); 6 measured fastest for 921 columns
+GRAM_BLOCKS = 6
+
+
+def gram(matrix: Tensor, blocks: int = GRAM_BLOCKS) -> Tensor:
+    """``matrix^T matrix``, exactly symmetric, from the products of column blocks on and above the
+    diagonal only.  ``benchmarks/least_squares_cost.py``'s Burgers ``J`` (1850 x 921, float64, one
+    CPU thread): 57 ms against 84 ms for ``J.T @ J``, equal to it within 2e-16 relative."""
+    cols = matrix.shape[1]
+    if cols < 64 * blocks:
+        product = matrix.T @ matrix
+        return (product + product.T) / 2
+    edges = [round(i * cols / blocks) for i in range(blocks + 1)]
+    out = matrix.new_empty(cols, cols)
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        block = matrix[:, lo:hi].T @ matrix[:, lo:]
+        diagonal, right = block[:, : hi - lo], block[:, hi - lo :]
+        out[lo:hi, lo:hi] = (diagonal + diagonal.T) / 2
+        out[lo:hi, hi:] = right
+        out[hi:, lo:hi] = right.T
+    return out
 
 
 def solve_in_eigenbasis(theta: Tensor, gamma: Tensor, radius: float) -> EigenSolution:
@@ -198,13 +222,13 @@ class GaussNewtonModel:
         if reduce is not None:
             # the summed normal equations; with fewer residuals in all than parameters, in their
             # eigenbasis, which gives the step one process takes from J J^T (both exact)
-            normal = NormalEquationsModel(reduce(jacobian.T @ jacobian), jtr, loss, damping, rtol)
+            normal = NormalEquationsModel(reduce(gram(jacobian)), jtr, loss, damping, rtol)
             all_rows = int(reduce(torch.tensor(float(rows), dtype=jacobian.dtype, device=jacobian.device)))
             return normal if all_rows >= cols else normal.eigen()
         if cols <= rows:  # the normal equations, P x P: Cholesky factorizations
-            return NormalEquationsModel(jacobian.T @ jacobian, jtr, loss, damping, rtol)
+            return NormalEquationsModel(gram(jacobian), jtr, loss, damping, rtol)
         # J J^T = U diag(sigma^2) U^T; the right singular vectors are J^T U / sigma
-        eigen = _eigen(jacobian @ jacobian.T) if finite else None
+        eigen = _eigen(gram(jacobian.T)) if finite else None
         if eigen is None:
             return cls(None, None, None, loss, 2 * jtr, damping)
         squares, left = eigen
