@@ -29,6 +29,7 @@ radii; with the eigenbasis each of them costs ``O(P k)``.  Where ``J`` has fewer
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -78,7 +79,7 @@ def gram(matrix: Tensor, blocks: int = GRAM_BLOCKS) -> Tensor:
         return (product + product.T) / 2
     edges = [round(i * cols / blocks) for i in range(blocks + 1)]
     out = matrix.new_empty(cols, cols)
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         block = matrix[:, lo:hi].T @ matrix[:, lo:]
         diagonal, right = block[:, : hi - lo], block[:, hi - lo :]
         out[lo:hi, lo:hi] = (diagonal + diagonal.T) / 2
