@@ -64,15 +64,15 @@ def _norm_at(theta: Tensor, gamma: Tensor, lam: float) -> float:
     return float((gamma / (theta + lam)).norm())
 
 
-#: column blocks of :func:`gram`: the products above the diagonal blocks, (blocks + 1) / (2 blocks) of
-#: the full product's work (torch has no symmetric rank-k update); 6 measured fastest for 921 columns
+#: column blocks of :func:`gram`: the products on and above the diagonal blocks, (blocks + 1) / (2 blocks)
+#: of the full product's work (torch has no symmetric rank-k update); 6 was the fastest for 921 columns
 GRAM_BLOCKS = 6
 
 
 def gram(matrix: Tensor, blocks: int = GRAM_BLOCKS) -> Tensor:
     """``matrix^T matrix``, exactly symmetric, from the products of column blocks on and above the
-    diagonal only.  ``benchmarks/least_squares_cost.py``'s Burgers ``J`` (1850 x 921, float64, one
-    CPU thread): 57 ms against 84 ms for ``J.T @ J``, equal to it within 2e-16 relative."""
+    diagonal only: about a third less time than ``matrix.T @ matrix`` for the Jacobians of our
+    objectives (``docs/speed.md``), equal to it to rounding."""
     cols = matrix.shape[1]
     if cols < 64 * blocks:
         product = matrix.T @ matrix
@@ -265,9 +265,9 @@ class NormalEquationsModel:
     tests ask 1e-12).  A second radius (a retried step) starts from the first one's ``mu``.
 
     Used where there are more residuals than parameters (the full loss; a process's share, whose ``A``
-    and ``b`` are summed over the processes): forming ``A`` and one factorization cost about 60 and
-    15 ms here for P = 921, where an eigendecomposition of ``A`` costs 180 ms
-    (``benchmarks/least_squares_cost.py``).  ``A + mu I`` that Cholesky cannot factor (``A``
+    and ``b`` are summed over the processes): a factorization costs a small fraction of an
+    eigendecomposition of ``A`` (``docs/speed.md``, ``benchmarks/least_squares_cost.py``).  ``A + mu I``
+    that Cholesky cannot factor (``A``
     numerically singular, ``mu`` too small to lift it) counts as a step longer than any radius;
     where the first factorable ``mu`` already gives a step inside the region, the least-norm step
     may be the answer, and the eigenbasis (:meth:`eigen`) decides.

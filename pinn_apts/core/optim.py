@@ -290,10 +290,10 @@ def resolve_compile(mode: str, iterations: int | None, min_iterations: int) -> b
     """Whether to compile: ``"on"``, ``"off"``, or for ``"auto"`` when the run has at least
     ``min_iterations`` outer iterations left (``iterations``; unknown: no).
 
-    Compiling costs 20-90 s once per process (on the development CPU; less when inductor's
-    cache in the temporary directory already holds the kernels) and then saves a fixed share of
-    every iteration, so it pays from a run length that depends on the method (the modules'
-    ``compile_min_iterations``)."""
+    Compiling costs once per process (less when inductor's cache in the temporary directory
+    already holds the kernels) and then saves a fixed share of every iteration, so it pays from a
+    run length that depends on the method (the modules' ``compile_min_iterations``; figures in
+    ``docs/speed.md``)."""
     if mode not in ("auto", "on", "off"):
         raise ValueError(f"compile must be 'auto', 'on' or 'off', got {mode!r}")
     if mode != "auto":

@@ -15,10 +15,8 @@ compilation serves the local and the full objectives and both curriculum phases)
   whose sum of squares is the loss (``torch.func.jvp``, then ``vjp``): the Hessian without the
   residuals' own curvature, positive semi-definite (APTS's ``local_curvature="gauss_newton"``).
 
-Measured on the 2-core development CPU (float64, one thread, Burgers, the late curriculum
-phase): a product of the full loss 4.4 ms compiled against 9.2 ms eager (``benchmarks/hvp_cost.py``),
-an APTS iteration 1.6x faster; compiling costs about 80 s once per process with an empty kernel
-cache and 10-15 s once inductor's cache holds the kernels.  A loss that cannot be compiled (an
+What compiling saves and costs, measured, is in ``docs/speed.md`` (``benchmarks/hvp_cost.py``,
+``benchmarks/compare_speed.py``).  A loss that cannot be compiled (an
 operation ``torch.compile`` does not support in a user's residual, no C++ compiler, an old
 torch) falls back to the eager functions with one warning.
 

@@ -67,8 +67,8 @@ class APTSPINN(PINNModule):
         The same for Stage II, the global step.
     compile:
         ``"on"``: take the trust-region steps on the compiled loss, gradient and Hessian-vector
-        products (:mod:`pinn_apts.pde.compiled`; 1.6x faster per APTS iteration on the CPU, after
-        a compilation of 10-80 s), Stage I (sequential or batched) and Stage II; ``"off"``: eager; ``"auto"``
+        products (:mod:`pinn_apts.pde.compiled`; what it saves and costs: ``docs/speed.md``), Stage I
+        (sequential or batched) and Stage II; ``"off"``: eager; ``"auto"``
         (default): ``"on"`` when the run has at least :attr:`compile_min_iterations` outer
         iterations left (where compiling paid on the development CPU, compilation included).
         The iterates agree with eager ones to rounding.
@@ -77,8 +77,7 @@ class APTSPINN(PINNModule):
     """
 
     progress_bar = {"radius": "apts/radius", "acc": "apts/stage1_acceptance_rate"}
-    #: compile=auto compiles from this run length: on the development CPU compiling (20-90 s) saved
-    #: about 0.12 s of a 0.3 s Burgers iteration (docs/speed.md)
+    #: compile=auto compiles from this run length, where compiling paid (docs/speed.md)
     compile_min_iterations = 1000
 
     def __init__(

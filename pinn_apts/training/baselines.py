@@ -114,7 +114,7 @@ class TrustRegionPINN(PINNModule):
         Trust-region steps per outer iteration (1: one global step, as in APTS's Stage II).
     compile:
         ``"on"``, ``"off"`` or ``"auto"`` (default), as for :class:`~pinn_apts.training.apts.APTSPINN`:
-        compiled trust-region steps (1.5x faster per TR iteration on the CPU); ``auto`` compiles
+        compiled trust-region steps (docs/speed.md); ``auto`` compiles
         from :attr:`compile_min_iterations` outer iterations left, a longer run than for APTS.
     **kwargs:
         Passed to :class:`PINNModule`.
@@ -149,8 +149,8 @@ class TrustRegionPINN(PINNModule):
         TrustRegionConfig.from_mapping(self.optimizer_kwargs).check_radius("radius", radius)
         self.steps_per_iteration = check_int("steps_per_iteration", steps_per_iteration)
 
-    #: compile=auto compiles from this run length: a TR iteration is cheap, so compiling (20-90 s)
-    #: pays only over long runs (docs/speed.md)
+    #: compile=auto compiles from this run length: a TR iteration is cheap, so compiling pays only
+    #: over long runs (docs/speed.md)
     compile_min_iterations = 5000
 
     def configure_optimizers(self) -> TrustRegion:
