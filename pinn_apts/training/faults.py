@@ -114,13 +114,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                         weights_only: bool | None = None) -> dict[str, Any]:
         if "://" in str(path):
             return super().load_checkpoint(path, map_location, weights_only)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"no checkpoint file {path}")
-        try:
-            checkpoint = super().load_checkpoint(path, map_location, weights_only)
-        except Exception as err:  # noqa: BLE001 (as in read_checkpoint)
-            raise _unreadable(path, err) from None
-        return _check_contents(path, checkpoint)
+        return read_checkpoint(path, map_location, weights_only)  # Lightning's torch.load of a local file, checked
 
 
 class FaultReport(Callback):
@@ -187,8 +181,8 @@ def _collective_failure(exception: BaseException) -> bool:
 
 def _saved_step(path: Path) -> int | None:
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
-    except Exception:  # noqa: BLE001 (an unreadable checkpoint is none to resume from)
+        return int(read_checkpoint(path)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):  # an unreadable checkpoint is none to resume from
         return None
 
 
