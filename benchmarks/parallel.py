@@ -3,13 +3,15 @@
 Usage::
 
     python benchmarks/parallel.py [--problem burgers] [--subdomains 1 2 4 8] [--processes 1 2]
-                                  [--iterations 8] [--warmup 2] [--device cpu]
+                                  [--iterations 8] [--warmup 2] [--device cpu] [--least-squares]
+                                  [--phase early]
 
 Every configuration runs the Lightning-free core (``pinn_apts.core.apts.APTS``) on the same
 points (Burgers, the paper's early-curriculum sizes: 1000 interior, 800 initial, 50 boundary
-points, float64, one thread per process), with ``W`` processes joined by a gloo (CPU) or
+points, or with ``--phase late`` 1000, 100, 100; float64, one thread per process), with ``W`` processes joined by a gloo (CPU) or
 NCCL (GPU) process group, exactly as Lightning's DDP strategy sets it up for the
-``APTSPINN`` module.  Prints a Markdown table of medians over the measured iterations and
+``APTSPINN`` module.  ``--least-squares``: both stages minimize the Gauss–Newton model exactly
+(``configs/least_squares``), instead of the paper's Steihaug CG on the Hessian.  Prints a Markdown table of medians over the measured iterations and
 ratios to the ``W = 1`` sequential run of the same ``D``.
 """
 
@@ -29,7 +31,11 @@ from pinn_apts.core.distributed import default_communicator
 from pinn_apts.pde.model import MLP
 from pinn_apts.pde.objective import PINNObjective
 from pinn_apts.pde.problems import get_problem
-from pinn_apts.pde.sampling import CollocationSampler
+from pinn_apts.pde.sampling import CollocationSampler, Curriculum
+
+#: the least-squares configuration's settings (``configs/least_squares/*_apts_d*.yaml``)
+LEAST_SQUARES = dict(damping=0.0, curvature="gauss_newton", subproblem="exact", local_curvature="gauss_newton",
+                     local_subproblem="exact")
 
 
 def measure(rank: int, world: int, args: argparse.Namespace, subdomains: int, replicas: str, port: int, out) -> None:
@@ -42,10 +48,13 @@ def measure(rank: int, world: int, args: argparse.Namespace, subdomains: int, re
         dist.init_process_group(backend, rank=rank, world_size=world)
     problem = get_problem(args.problem)
     total = args.warmup + args.iterations
-    sampler = CollocationSampler(problem, total_iterations=10 * total, seed=0)  # early curriculum throughout
+    # one curriculum phase throughout: the switch far after the run, or at its start
+    curriculum = Curriculum(fraction=1.0 if args.phase == "early" else 0.0)
+    sampler = CollocationSampler(problem, total_iterations=10 * total, curriculum=curriculum, seed=0)
     net = MLP(seed=0).to(device)
     comm = default_communicator()
-    opt = APTS(net.parameters(), num_subdomains=subdomains, replicas=replicas, communicator=comm)
+    least_squares = LEAST_SQUARES if args.least_squares else {}
+    opt = APTS(net.parameters(), num_subdomains=subdomains, replicas=replicas, communicator=comm, **least_squares)
     stage1, whole = [], []
     for k in range(total):
         batch = sampler.batch(k).to(device=device)
@@ -88,8 +97,11 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--least-squares", action="store_true", help="exact Gauss–Newton steps in both stages")
+    parser.add_argument("--phase", choices=["early", "late"], default="early", help="the curriculum's sizes")
     args = parser.parse_args()
-    print(f"APTS on {args.problem}, {args.device}, float64, one thread per process, "
+    steps = "exact Gauss-Newton steps" if args.least_squares else "the paper's steps"
+    print(f"APTS on {args.problem} ({steps}, {args.phase} curriculum sizes), {args.device}, float64, one thread per process, "
           f"median of {args.iterations} iterations after {args.warmup} warm-up; "
           "ratio = time of (D, W=1, sequential) / time of the row")
     print("| D | W | replicas | Stage I (s) | iteration (s) | Stage I speed-up | iteration speed-up |")

@@ -181,16 +181,23 @@ def test_non_finite_local_loss_at_current_point_is_an_error_and_theta_is_restore
     assert torch.equal(x.detach(), torch.tensor([1.0, 1.0], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("problem, num_parts, coherent", [("burgers", 4, False), ("heat", 3, False),
-                                                         ("laplace", 8, False), ("burgers", 4, True)])
-def test_batched_replicas_equal_sequential(problem, num_parts, coherent):
+EXACT = dict(damping=0.0, curvature="gauss_newton", subproblem="exact", local_curvature="gauss_newton",
+             local_subproblem="exact")
+
+
+@pytest.mark.parametrize("problem, num_parts, coherent, exact", [
+    ("burgers", 4, False, False), ("heat", 3, False, False), ("laplace", 8, False, False), ("burgers", 4, True, False),
+    ("heat", 3, False, True), ("burgers", 8, False, True),  # least-squares steps in both stages
+])
+def test_batched_replicas_equal_sequential(problem, num_parts, coherent, exact):
     runs = {}
     for replicas in ("sequential", "batched", "auto"):
         torch.set_default_dtype(torch.float64)
         prob = get_problem(problem)
         sampler = CollocationSampler(prob, total_iterations=20, curriculum=SMALL, seed=1)
         net = MLP(seed=1)
-        opt = APTS(net.parameters(), num_subdomains=num_parts, radius=0.5, replicas=replicas, coherent=coherent)
+        opt = APTS(net.parameters(), num_subdomains=num_parts, radius=0.5, replicas=replicas, coherent=coherent,
+                   **(EXACT if exact else {}))
         infos = []
         for k in range(4):
             opt.step(PINNObjective(net, prob, sampler.batch(k), num_parts))

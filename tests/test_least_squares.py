@@ -201,6 +201,35 @@ def test_the_residual_jacobian_is_torch_funcs_and_its_squares_the_loss(problem, 
     assert torch.allclose(2 * residuals @ jacobian, flat.loss_and_grad(theta)[1], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("problem", ["heat", "burgers"])
+def test_stacked_jacobians_are_torch_funcs_row_by_row(problem):
+    from torch.nn.utils import parameters_to_vector
+
+    from pinn_apts.pde.sampling import CollocationSampler, Curriculum
+
+    net, objective = pinn_objective(problem=problem, num_subdomains=4)
+    # 62 interior points in 4 parts: two of 16 and two of 15, padded to 16
+    objective.batch = CollocationSampler(objective.problem, total_iterations=10,
+                                         curriculum=Curriculum((62, 20, 10), (62, 10, 10), 0.3), seed=0).batch(3)
+    stacked = objective.compiled_stacked(curvature="gauss_newton", compiled=False)
+    theta = parameters_to_vector(net.parameters()).detach()
+    flat = theta + 0.05 * torch.randn(4, len(theta), generator=torch.Generator().manual_seed(0))
+    residuals, jacobian, rows = stacked.stacked_residuals_and_jacobian(flat)
+    edges = len(objective.batch.initial) + len(objective.batch.boundary)
+    assert rows.sum(dim=1).tolist() == [16 + edges, 16 + edges, 15 + edges, 15 + edges]
+    losses = stacked.loss(flat)
+    for i in range(4):
+        reference = torch.func.jacrev(lambda x: stacked.functions._stacked_residuals(x, *stacked.data))(flat)[i, :, i]
+        assert float((jacobian[i] - reference).abs().max()) <= 1e-12 * float(reference.abs().max())
+        assert not bool(jacobian[i][~rows[i]].any())  # the padding's rows are zero
+        assert float(residuals[i] @ residuals[i]) == pytest.approx(float(losses[i]), rel=1e-13)
+        # a replica's own rows are those of its sequential objective
+        own_residuals, own_jacobian = objective.compiled(i, curvature="gauss_newton",
+                                                         compiled=False).residuals_and_jacobian(flat[i])
+        assert torch.allclose(residuals[i][rows[i]], own_residuals, rtol=0, atol=1e-14)
+        assert torch.allclose(jacobian[i][rows[i]], own_jacobian, rtol=0, atol=1e-13)
+
+
 def test_least_squares_settings_are_checked_with_clear_messages():
     from pinn_apts import APTSPINN, TrustRegionPINN
 
@@ -214,8 +243,6 @@ def test_least_squares_settings_are_checked_with_clear_messages():
     with pytest.raises(ValueError, match="curvature must be one of 'hessian', 'gauss_newton', got 'bfgs'"):
         APTSPINN(problem="heat", curvature="bfgs")
     exact = dict(local_curvature="gauss_newton", local_subproblem="exact")
-    with pytest.raises(ValueError, match="local_subproblem='exact' solves the replicas one after the other"):
-        APTSPINN(problem="heat", replicas="batched", **exact)
     with pytest.raises(ValueError, match="coherent=True .* use local_subproblem='cg' with it"):
         APTSPINN(problem="heat", coherent=True, **exact)
 

@@ -31,15 +31,18 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .trust_region import CGResult, StopReason
+from .trust_region import CGResult, StackedCGResult, StopReason
 
-__all__ = ["GRAM_BLOCKS", "EigenSolution", "GaussNewtonModel", "NormalEquationsModel", "gram", "solve_in_eigenbasis"]
+__all__ = [
+    "GRAM_BLOCKS", "EigenSolution", "GaussNewtonModel", "NormalEquationsModel", "StackedGaussNewtonModels", "gram",
+    "solve_in_eigenbasis",
+]
 
 #: Newton/bisection iterations of the secular equation at most (it converges in 5-15)
 MAX_ROOT_ITERATIONS = 100
@@ -370,3 +373,56 @@ class NormalEquationsModel:
             return GaussNewtonModel(None, None, None, self.loss, self.gradient, self.damping)
         squares, directions = eigen
         return GaussNewtonModel(squares, directions, directions.T @ self.jtr, self.loss, self.gradient, self.damping)
+
+
+def model_multiplier(model: object) -> float:
+    """The multiplier of an exact model's last boundary step (0 where it has none)."""
+    return float(getattr(model, "multiplier", None) or 0.0)
+
+
+def start_multiplier(model: object, multiplier: float) -> None:
+    """Start ``model``'s next root find at ``multiplier`` (the previous step's, as Levenberg–Marquardt
+    carries its parameter), where the model keeps one and ``multiplier > 0``."""
+    if multiplier > 0 and hasattr(model, "multiplier"):
+        model.multiplier = multiplier
+
+
+class StackedGaussNewtonModels:
+    """``R`` Gauss–Newton models, one per row of stacked parameters (batched replicas), each solved
+    exactly within its own radius: the exact descent of :func:`~pinn_apts.core.replicas.batched_local_solves`.
+
+    Each row's model is :meth:`GaussNewtonModel.of` the row's own residuals (the padding rows of a
+    smaller part left out), so a batched replica takes the step a sequential one takes.  The
+    decompositions run row after row.
+
+    Parameters
+    ----------
+    residuals, jacobian, rows:
+        ``(R, M)``, ``(R, M, P)`` and which rows are each model's own ``(R, M)``.
+    damping:
+        As in :class:`GaussNewtonModel`.
+    multipliers:
+        Where each row's root find starts (the row's previous step's multiplier; 0: none).
+    """
+
+    def __init__(self, residuals: Tensor, jacobian: Tensor, rows: Tensor, damping: float = 0.0,
+                 multipliers: Sequence[float] | None = None) -> None:
+        if jacobian.dim() != 3 or residuals.shape != jacobian.shape[:2] or rows.shape != residuals.shape:
+            raise ValueError(f"jacobian must be (R, M, P), residuals and rows (R, M), got {tuple(jacobian.shape)}, "
+                             f"{tuple(residuals.shape)} and {tuple(rows.shape)}")
+        self.models = [GaussNewtonModel.of(r[keep], j[keep], damping) for r, j, keep in zip(residuals, jacobian, rows)]
+        for model, multiplier in zip(self.models, multipliers or ()):
+            start_multiplier(model, multiplier)
+        #: ``|r|^2`` of each row, ``(R,)``
+        self.loss = torch.stack([torch.as_tensor(m.loss) for m in self.models])
+        #: ``2 J^T r`` of each row, ``(R, P)``
+        self.gradient = torch.stack([m.gradient for m in self.models])
+
+    def solve(self, radii: Tensor) -> StackedCGResult:
+        """Each model's minimizer within its radius ``radii[i]``."""
+        return StackedCGResult.of_rows([m.solve(float(r)) for m, r in zip(self.models, radii.tolist())])
+
+    @property
+    def multipliers(self) -> list[float]:
+        """Each model's multiplier of its last boundary step (0 where none)."""
+        return [model_multiplier(m) for m in self.models]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from .least_squares import GaussNewtonModel
+from .least_squares import GaussNewtonModel, model_multiplier, start_multiplier
 from .trust_region import (
     DEFAULT_RADIUS,
     CGResult,
@@ -167,8 +167,7 @@ def trust_region_step(
                          "the flat parameters (the package's PINNObjective with its MLP network gives them)")
     if exact:
         model = GaussNewtonModel.of(*derivatives.residuals_and_jacobian(start), config.damping, reduce)
-        if multiplier > 0 and hasattr(model, "multiplier"):
-            model.multiplier = multiplier
+        start_multiplier(model, multiplier)
         loss, loss_value = None, _finite_loss(float(model.loss))
         flat_grad = model.gradient
 
@@ -224,7 +223,7 @@ def trust_region_step(
                     vector_to_parameters(start + result.step, params)
             info = StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason,
                             capped_radius(new_radius, True, cap, config), rho, float(result.step.norm()),
-                            result.predicted_reduction, non_finite, _multiplier(model if exact else None))
+                            result.predicted_reduction, non_finite, model_multiplier(model if exact else None))
             return info, trial
         if derivatives is None:  # back from the trial point
             with torch.no_grad():
@@ -232,7 +231,7 @@ def trust_region_step(
         at_floor, radius = radius <= config.min_radius, new_radius
         if at_floor or not retry:
             info = StepInfo(loss_value, loss_value, False, tries, cg_iterations, result.reason,
-                            radius, rho, 0.0, 0.0, non_finite, _multiplier(model if exact else None))
+                            radius, rho, 0.0, 0.0, non_finite, model_multiplier(model if exact else None))
             return info, loss
         if result.reason in (StopReason.CONVERGED, StopReason.MAX_ITER):
             # CG iterates grow in norm, so an interior step is the same for every radius
@@ -242,11 +241,6 @@ def trust_region_step(
             while radius > step_norm and radius > config.min_radius:
                 radius = max(radius * config.shrink, config.min_radius)
                 tries += 1
-
-
-def _multiplier(model: object) -> float:
-    """The multiplier of an exact model's last boundary step (0 where it has none)."""
-    return float(getattr(model, "multiplier", None) or 0.0)
 
 
 def _finite_loss(value: float) -> float:

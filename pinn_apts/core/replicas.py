@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
+from .least_squares import StackedGaussNewtonModels
 from .optim import trust_region_step
 from .trust_region import (
     FlatDerivatives,
@@ -226,8 +227,17 @@ def batched_local_solves(
         else:
             plain = stacked_local
             stacked_local = lambda flat: plain(flat) + ((flat - start) * shift).sum(dim=1)  # noqa: E731
+    exact = config.subproblem == "exact"
+    if exact and not callable(getattr(derivatives, "stacked_residuals_and_jacobian", None)):
+        raise ValueError("subproblem='exact' with batched replicas needs their stacked residuals and Jacobians "
+                         "(the package's PINNObjective with its MLP network gives them)")
+    multipliers = [0.0] * num  # each replica's exact root find starts where its previous one ended
     for j in range(local_steps):
-        if derivatives is not None:
+        if exact:
+            models = StackedGaussNewtonModels(*derivatives.stacked_residuals_and_jacobian(current), config.damping,
+                                              multipliers)
+            loss_values, flat_grad = models.loss, models.gradient
+        elif derivatives is not None:
             loss_values, flat_grad = derivatives.loss_and_grad(current)
         else:
             loss, stacked = losses_at(current, graph=True)
@@ -247,14 +257,18 @@ def batched_local_solves(
             raise FloatingPointError(f"Stage I, replica {replicas[d]}, local step {j + 1}: non-finite gradient "
                                      "at the current point of the trust-region step")
 
-        if derivatives is not None:
-            hvp = partial(derivatives.hvp, current)
+        if exact:
+            cg = models.solve(radii)
+            multipliers = models.multipliers
         else:
-            def hvp(v: Tensor) -> Tensor:
-                return torch.autograd.grad(flat_grad_graph, stacked, grad_outputs=v, retain_graph=True)[0]
+            if derivatives is not None:
+                hvp = partial(derivatives.hvp, current)
+            else:
+                def hvp(v: Tensor) -> Tensor:
+                    return torch.autograd.grad(flat_grad_graph, stacked, grad_outputs=v, retain_graph=True)[0]
 
-        cg = stacked_steihaug_cg(flat_grad, hvp, radii, max_iter=config.cg_max_iter,
-                                 damping=config.damping, rtol=config.cg_rtol)
+            cg = stacked_steihaug_cg(flat_grad, hvp, radii, max_iter=config.cg_max_iter,
+                                     damping=config.damping, rtol=config.cg_rtol)
         if derivatives is not None:
             trial_values = derivatives.loss(current + cg.step)
         else:
@@ -273,7 +287,8 @@ def batched_local_solves(
         for reason in cg.reasons:
             result.reasons[reason] = result.reasons.get(reason, 0) + 1
     corrections = current - theta
-    result.correction_sum = corrections.sum(dim=0)
+    for correction in corrections:  # in the order, and so with the rounding, of the sequential sum
+        result.correction_sum += correction
     norms = torch.linalg.vector_norm(corrections, dim=1).tolist()
     result.correction_norms = dict(zip(replicas, norms))
     return result

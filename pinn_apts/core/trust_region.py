@@ -245,6 +245,15 @@ class StackedCGResult:
         return CGResult(self.step[i], float(self.predicted_reduction[i]), int(self.iterations[i]),
                         _REASONS[int(self.codes[i])])
 
+    @classmethod
+    def of_rows(cls, rows: Sequence[CGResult]) -> StackedCGResult:
+        """``R`` subproblems' :class:`CGResult`, one per row, as one record."""
+        like = rows[0].step
+        return cls(torch.stack([r.step for r in rows]),
+                   torch.tensor([r.predicted_reduction for r in rows], dtype=like.dtype, device=like.device),
+                   torch.tensor([r.iterations for r in rows], device=like.device),
+                   torch.tensor([_CODE[r.reason] for r in rows], device=like.device))
+
 
 def stacked_steihaug_cg(
     grad: Tensor,

@@ -149,8 +149,16 @@ class CompiledDerivatives:
         """The weighted residual vector ``(M,)`` and its Jacobian ``(M, P)`` (one objective; eager:
         :meth:`CompiledPINNLoss.residuals_and_jacobian`)."""
         if self.prefix:
-            raise ValueError("the Jacobian of stacked replicas is not available: solve them one after the other")
+            raise ValueError("stacked replicas: use stacked_residuals_and_jacobian")
         return self.functions.residuals_and_jacobian(flat, *self.data)
+
+    def stacked_residuals_and_jacobian(self, flat: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``R`` stacked replicas' weighted residuals ``(R, M)``, their Jacobians ``(R, M, P)`` and which
+        rows are the replicas' own ``(R, M)`` (the padding of a smaller part is not; eager:
+        :meth:`CompiledPINNLoss.stacked_residuals_and_jacobian`)."""
+        if not self.prefix:
+            raise ValueError("one objective: use residuals_and_jacobian")
+        return self.functions.stacked_residuals_and_jacobian(flat, *self.data)
 
 
 class CompiledPINNLoss:
@@ -232,6 +240,22 @@ class CompiledPINNLoss:
         targets = torch.cat([d.initial_values.reshape(-1), d.boundary_values.reshape(-1)])
         residuals = scale * torch.cat([r_interior, u_edge - targets])
         return residuals, scale.unsqueeze(1) * torch.cat([j_interior, j_edge])
+
+    def stacked_residuals_and_jacobian(self, flat: Tensor, *data: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`residuals_and_jacobian` of ``R`` stacked replicas (``flat`` ``(R, P)``, ``interior``
+        ``(R, size, 2)`` and ``interior_weight`` ``(R, size)``, padded as in
+        :func:`~pinn_apts.pde.loss.padded_parts`), vectorized over them: the residuals ``(R, M)``, the
+        Jacobians ``(R, M, P)`` and ``(R, M)`` true on each replica's own rows (a padding point has
+        weight 0, so its row is zero, and is not one of them)."""
+        d = LossData(*data)
+
+        def one(x: Tensor, interior: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+            return self.residuals_and_jacobian(x, interior, weight, *data[2:])
+
+        residuals, jacobian = torch.func.vmap(one)(flat, d.interior, d.interior_weight)
+        edge = torch.ones(flat.shape[0], residuals.shape[1] - d.interior.shape[1], dtype=torch.bool,
+                          device=flat.device)
+        return residuals, jacobian, torch.cat([d.interior_weight > 0, edge], dim=1)
 
     def _residuals(self, flat: Tensor, *data: Tensor) -> Tensor:
         """The weighted residuals whose sum of squares is :meth:`_loss`: ``sqrt(weight) * r`` of every
