@@ -147,6 +147,33 @@ def test_cholesky_factorizations_and_the_eigenbasis_give_one_step(damping):
         assert float((step.step - exact.step).norm()) <= 1e-8 * float(exact.step.norm())
 
 
+@pytest.mark.parametrize("guess", [0.1, 1.0, 10.0])  # carried multiplier / the root's: below it, at it, above it
+def test_a_carried_multiplier_gives_the_same_step(guess):
+    generator = torch.Generator().manual_seed(3)
+    jacobian = torch.randn(60, 20, generator=generator) * torch.logspace(0, -3, 20)
+    residuals = torch.randn(60, generator=generator)
+    eigen = GaussNewtonModel.of(residuals, jacobian).eigen()
+    radius = 0.05
+    fresh = GaussNewtonModel.of(residuals, jacobian)
+    first = fresh.solve(radius)
+    carried = GaussNewtonModel.of(residuals, jacobian)
+    carried.multiplier = guess * fresh.multiplier
+    found = carried.solve(radius)
+    assert found.reason == StopReason.BOUNDARY and 0.99 * radius <= float(found.step.norm()) <= radius
+    exact = eigen.solve(float(found.step.norm()))  # the exact minimizer within the step's own norm
+    assert float((found.step - exact.step).norm()) <= 1e-8 * float(exact.step.norm())
+    if guess == 1.0:  # the root itself: one factorization, against the fresh search's several
+        assert found.iterations == 1 < first.iterations
+    # below the root the Gauss–Newton step (mu = 0), longer still, is never factorized
+    assert carried._tried == (guess > 1.0)
+    # a radius the Gauss–Newton step fits in: the carried multiplier does not hide it
+    inside = GaussNewtonModel.of(residuals, jacobian)
+    inside.multiplier = fresh.multiplier
+    newton = inside.solve(1e6)
+    assert newton.reason == StopReason.CONVERGED
+    assert torch.allclose(newton.step, eigen.solve(1e6).step, rtol=0, atol=1e-9)
+
+
 def test_on_a_linear_least_squares_problem_one_step_lands_on_the_minimizer():
     generator = torch.Generator().manual_seed(0)
     a, y = torch.randn(40, 9, generator=generator), torch.randn(40, generator=generator)

@@ -478,6 +478,12 @@ class APTS(RecordingOptimizer):
         record = self.state[self.key]
         return record.get("stage1_own_radius", record["radius"])
 
+    @property
+    def local_multipliers(self) -> list[float]:
+        """By replica, the multiplier of its last exact local step, where its next root find starts
+        (0: none yet, or a checkpoint from before they were kept)."""
+        return self.state[self.key].get("local_multipliers", [0.0] * self.config.num_subdomains)
+
     def step(  # type: ignore[override]
         self, objective: APTSObjective | None = None, closure: Callable[[], object] | None = None
     ) -> Tensor:
@@ -568,15 +574,20 @@ class APTS(RecordingOptimizer):
         the processes with one collective."""
         config = self.config
         full_gradient = self._full_gradient(loss, params, start, derivatives.full) if config.coherent else None
+        multipliers = dict(enumerate(self.local_multipliers))
         if mode == "batched":
             solved = batched_local_solves(params, local, radius, config.local_trust_region, self.replicas,
                                           config.local_steps, derivatives=derivatives.stacked(),
-                                          full_gradient=full_gradient)
+                                          full_gradient=full_gradient, multipliers=multipliers)
         else:
             solved = local_solves(params, local, self.replicas, radius, config.local_trust_region, config.local_steps,
-                                  config.local_retry, derivatives=derivatives.local, full_gradient=full_gradient)
-        summed = self.communicator.all_reduce_sum(_pack(solved, config.num_subdomains))
-        return _unpack(summed, start.numel(), config.num_subdomains)
+                                  config.local_retry, derivatives=derivatives.local, full_gradient=full_gradient,
+                                  multipliers=multipliers)
+        summed = _unpack(self.communicator.all_reduce_sum(_pack(solved, config.num_subdomains)), start.numel(),
+                         config.num_subdomains)
+        if config.local_subproblem == "exact":  # every process keeps every replica's, so that checkpoints do
+            self.state[self.key]["local_multipliers"] = [summed.multipliers[d] for d in range(config.num_subdomains)]
+        return summed
 
     def _acceptance_test(self, params: list[Tensor], start: Tensor, full: Callable[[], Tensor],
                          derivatives: StageDerivatives, solved: LocalSolveResult, loss_value: float) -> Stage1Trial:
@@ -685,9 +696,11 @@ def replica_coherence(correction_sum: Tensor, norms: Iterable[float]) -> float:
 
 def _pack(solved: LocalSolveResult, num_replicas: int) -> Tensor:
     """This rank's Stage I results as one vector, so that one all-reduce sums them all."""
-    norms = torch.zeros(num_replicas, dtype=solved.correction_sum.dtype)
+    norms = torch.zeros(2 * num_replicas, dtype=solved.correction_sum.dtype)  # and the multipliers after them
     for d, norm in solved.correction_norms.items():
         norms[d] = norm
+    for d, multiplier in solved.multipliers.items():
+        norms[num_replicas + d] = multiplier
     counters = [solved.predicted_sum, float(solved.hit_boundary), solved.local_accepted, solved.local_steps,
                 solved.cg_iterations, *(solved.reasons.get(r, 0) for r in _REASONS)]
     tail = torch.tensor(counters, dtype=solved.correction_sum.dtype)
@@ -696,10 +709,11 @@ def _pack(solved: LocalSolveResult, num_replicas: int) -> Tensor:
 
 def _unpack(packed: Tensor, size: int, num_replicas: int) -> LocalSolveResult:
     values = packed[size:].tolist()
-    counters, norms = values[: 5 + len(_REASONS)], values[5 + len(_REASONS):]
+    counters, rest = values[: 5 + len(_REASONS)], values[5 + len(_REASONS):]
+    norms, multipliers = rest[:num_replicas], rest[num_replicas:]
     reasons = {r: int(n) for r, n in zip(_REASONS, counters[5:]) if n}
     return LocalSolveResult(
         packed[:size], counters[0], dict(enumerate(norms)), local_steps=int(counters[3]),
         local_accepted=int(counters[2]), cg_iterations=int(counters[4]), hit_boundary=counters[1] > 0,
-        reasons=reasons,
+        reasons=reasons, multipliers=dict(enumerate(multipliers)),
     )

@@ -319,8 +319,18 @@ class NormalEquationsModel:
             return CGResult(torch.zeros_like(self.gradient), 0.0, 0, StopReason.NON_FINITE)
         low = 0.5 * self.damping
         factorizations = 0
-        if not self._tried:  # mu = damping / 2: the Gauss–Newton step, if A + mu I can be factored
-            self._start, self._tried, factorizations = self._step(low), True, 1
+        pending = None  # a factorization at the carried multiplier, the root find's first point
+        if not self._tried and self.multiplier is not None and self.multiplier > low:
+            # a carried multiplier whose step is longer than the radius puts the root above it, and the
+            # step at damping / 2 is longer still (|s(mu)| falls with mu): no need to factorize there
+            pending, factorizations = self._step(self.multiplier), 1
+            length = float(pending[0].norm()) if pending is not None else math.inf
+            if radius * (1 - self.rtol) <= length <= radius:  # met at once
+                return self._result(pending[0], self.multiplier, factorizations, True)
+        if not self._tried and (pending is None or length <= radius):
+            # mu = damping / 2: the Gauss–Newton step, if A + mu I can be factored (and where the root lies
+            # below a carried multiplier, whether there is one at all: the step may lie inside)
+            self._start, self._tried, factorizations = self._step(low), True, factorizations + 1
         if self._start is not None and float(self._start[0].norm()) <= radius:
             return self._result(self._start[0], low, factorizations, False)
         if self._start is None:
@@ -331,9 +341,14 @@ class NormalEquationsModel:
         floor = low
         high = low + float(self.jtr.norm()) / radius  # |s(mu)| <= |b| / mu <= radius from there
         mu = self.multiplier if self.multiplier is not None and low < self.multiplier < high else high
+        if mu != self.multiplier:
+            pending = None  # the search starts elsewhere
         step = factor = None
         while factorizations < MAX_ROOT_ITERATIONS:
-            found, factorizations = self._step(mu), factorizations + 1
+            if pending is not None:
+                found, pending = pending, None
+            else:
+                found, factorizations = self._step(mu), factorizations + 1
             if found is None:  # A + mu I not factorable: the step there counts as longer than any radius
                 low, mu = mu, math.sqrt(mu * high) if mu > 0 else 0.5 * high
                 continue

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -101,6 +101,8 @@ class LocalSolveResult:
     cg_iterations: int = 0
     hit_boundary: bool = False
     reasons: dict[StopReason, int] = field(default_factory=dict)
+    #: by replica d, the multiplier of its last exact step (where its next outer iteration's root find starts)
+    multipliers: dict[int, float] = field(default_factory=dict)
 
 
 def local_solves(
@@ -113,6 +115,7 @@ def local_solves(
     local_retry: bool = False,
     derivatives: Callable[[int], FlatDerivatives | None] | None = None,
     full_gradient: Tensor | None = None,
+    multipliers: Mapping[int, float] | None = None,
 ) -> LocalSolveResult:
     """Stage I's local solves, one replica after the other, on ``params`` in place.
 
@@ -125,6 +128,10 @@ def local_solves(
     ``full_gradient`` (``grad L(theta_k)``), if given, makes each replica's objective first-order
     coherent with the full one: ``L_k^d(theta) + (grad L(theta_k) - grad L_k^d(theta_k)) . (theta -
     theta_k)``, whose gradient at ``theta_k`` is ``grad L(theta_k)`` and whose Hessian is ``L_k^d``'s.
+
+    ``multipliers[d]``: where replica ``d``'s first exact step starts its root find (its last one's
+    multiplier, from the previous outer iteration's :attr:`LocalSolveResult.multipliers`), as
+    Levenberg–Marquardt carries its parameter; later local steps start from the previous step's.
     """
     params = list(params)
     start = parameters_to_vector(params).detach().clone()
@@ -151,7 +158,7 @@ def local_solves(
             else:
                 objective = partial(_coherent_loss, objective, params, shift, start)
                 loss = _coherent_loss(lambda: local_value, params, shift, start)  # at theta_k, evaluated once
-        multiplier = 0.0  # an exact step's root find starts where the replica's previous one ended
+        multiplier = (multipliers or {}).get(d, 0.0)  # an exact root find starts where the replica's last one ended
         for j in range(local_steps):
             try:
                 info, loss = trust_region_step(objective, params, local_radius, config, max_radius=local_cap,
@@ -169,6 +176,7 @@ def local_solves(
         correction = parameters_to_vector(params).detach() - start
         result.correction_sum += correction
         result.correction_norms[d] = float(correction.norm())
+        result.multipliers[d] = multiplier
     with torch.no_grad():
         vector_to_parameters(start, params)
     return result
@@ -189,14 +197,15 @@ def batched_local_solves(
     local_retry: bool = False,
     derivatives: StackedDerivatives | None = None,
     full_gradient: Tensor | None = None,
+    multipliers: Mapping[int, float] | None = None,
 ) -> LocalSolveResult:
     """Stage I's local solves for all ``D`` replicas at once (same contract as ``local_solves``).
 
     ``stacked_local(flat)`` takes the parameters of ``replicas`` stacked as one ``(len(replicas), P)``
     tensor (each row in the order of ``params``) and returns their local losses, ``(len(replicas),)``.
     ``derivatives``, if given, supplies the losses, gradients and products instead of the graph of
-    ``stacked_local`` (compiled).  ``full_gradient``: first-order coherent local objectives, as
-    in :func:`local_solves`.  ``params`` (``theta_k``) are not modified.
+    ``stacked_local`` (compiled).  ``full_gradient`` (first-order coherent local
+    objectives) and ``multipliers``: as in :func:`local_solves`.  ``params`` (``theta_k``) are not modified.
     """
     num = len(replicas)
     theta = torch.cat([p.detach().reshape(-1) for p in params])
@@ -231,11 +240,12 @@ def batched_local_solves(
     if exact and not callable(getattr(derivatives, "stacked_residuals_and_jacobian", None)):
         raise ValueError("subproblem='exact' with batched replicas needs their stacked residuals and Jacobians "
                          "(the package's PINNObjective with its MLP network gives them)")
-    multipliers = [0.0] * num  # each replica's exact root find starts where its previous one ended
+    # each replica's exact root find starts where its previous one ended
+    carried = [(multipliers or {}).get(d, 0.0) for d in replicas]
     for j in range(local_steps):
         if exact:
             models = StackedGaussNewtonModels(*derivatives.stacked_residuals_and_jacobian(current), config.damping,
-                                              multipliers)
+                                              carried)
             loss_values, flat_grad = models.loss, models.gradient
         elif derivatives is not None:
             loss_values, flat_grad = derivatives.loss_and_grad(current)
@@ -259,7 +269,7 @@ def batched_local_solves(
 
         if exact:
             cg = models.solve(radii)
-            multipliers = models.multipliers
+            carried = models.multipliers
         else:
             if derivatives is not None:
                 hvp = partial(derivatives.hvp, current)
@@ -291,4 +301,5 @@ def batched_local_solves(
         result.correction_sum += correction
     norms = torch.linalg.vector_norm(corrections, dim=1).tolist()
     result.correction_norms = dict(zip(replicas, norms))
+    result.multipliers = dict(zip(replicas, carried))
     return result
