@@ -164,8 +164,12 @@ def test_a_carried_multiplier_gives_the_same_step(guess):
     assert float((found.step - exact.step).norm()) <= 1e-8 * float(exact.step.norm())
     if guess == 1.0:  # the root itself: one factorization, against the fresh search's several
         assert found.iterations == 1 < first.iterations
-    # below the root the Gauss–Newton step (mu = 0), longer still, is never factorized
-    assert carried._tried == (guess > 1.0)
+    # the root lies far above mu = 0: the Gauss–Newton step is never factorized
+    assert not carried._tried
+    # the multiplier met this radius; for half of it the search starts at twice the multiplier
+    assert carried.multiplier_radius == radius
+    shorter = carried.solve(radius / 2)
+    assert 0.99 * radius / 2 <= float(shorter.step.norm()) <= radius / 2 and carried.multiplier > fresh.multiplier
     # a radius the Gauss–Newton step fits in: the carried multiplier does not hide it
     inside = GaussNewtonModel.of(residuals, jacobian)
     inside.multiplier = fresh.multiplier

@@ -624,7 +624,8 @@ class APTS(RecordingOptimizer):
         step, _ = trust_region_step(full, params, radius, self.config.trust_region, retry=True, loss=loss,
                                     reduce=communicator.all_reduce_sum if communicator.world_size > 1 else None,
                                     derivatives=derivatives.full,
-                                    multiplier=last.stage2.multiplier if last is not None else 0.0)
+                                    multiplier=last.stage2.multiplier if last is not None else 0.0,
+                                    multiplier_radius=last.stage2.multiplier_radius if last is not None else 0.0)
         return step
 
     def _full_gradient(self, loss: Tensor, params: list[Tensor], start: Tensor, derivatives: object | None) -> Tensor:

@@ -41,7 +41,7 @@ from .trust_region import CGResult, StackedCGResult, StopReason
 
 __all__ = [
     "GRAM_BLOCKS", "EigenSolution", "GaussNewtonModel", "NormalEquationsModel", "StackedGaussNewtonModels", "gram",
-    "solve_in_eigenbasis",
+    "model_multiplier", "model_multiplier_radius", "solve_in_eigenbasis", "start_multiplier",
 ]
 
 #: Newton/bisection iterations of the secular equation at most (it converges in 5-15)
@@ -295,6 +295,9 @@ class NormalEquationsModel:
         self._tried = False
         #: ``mu`` of the last boundary step (where the next radius's root find starts)
         self.multiplier: float | None = None
+        #: the radius that :attr:`multiplier` met (``None``: unknown); the next search starts at
+        #: ``multiplier * multiplier_radius / radius``, as ``mu`` varies about inversely with the radius
+        self.multiplier_radius: float | None = None
 
     def _step(self, mu: float) -> tuple[Tensor, Tensor] | None:
         """``s(mu)`` and the Cholesky factor of ``A + mu I``; ``None`` where it cannot be factored."""
@@ -314,41 +317,39 @@ class NormalEquationsModel:
 
     def solve(self, radius: float) -> CGResult:
         """The model's minimizer within ``radius`` (the record Steihaug CG returns; ``iterations``:
-        the Cholesky factorizations)."""
+        the Cholesky factorizations).
+
+        Without a carried multiplier the search first factorizes at ``mu = damping / 2`` (the
+        Gauss–Newton step: inside the region, it is the answer).  With one (:attr:`multiplier`, the
+        previous step's) it starts there and factorizes at ``damping / 2`` only when the search heads
+        there: a PINN's Gauss–Newton step is far longer than any radius it is solved with.
+        """
         if not self.finite:
             return CGResult(torch.zeros_like(self.gradient), 0.0, 0, StopReason.NON_FINITE)
-        low = 0.5 * self.damping
+        base = 0.5 * self.damping
         factorizations = 0
-        pending = None  # a factorization at the carried multiplier, the root find's first point
-        if not self._tried and self.multiplier is not None and self.multiplier > low:
-            # a carried multiplier whose step is longer than the radius puts the root above it, and the
-            # step at damping / 2 is longer still (|s(mu)| falls with mu): no need to factorize there
-            pending, factorizations = self._step(self.multiplier), 1
-            length = float(pending[0].norm()) if pending is not None else math.inf
-            if radius * (1 - self.rtol) <= length <= radius:  # met at once
-                return self._result(pending[0], self.multiplier, factorizations, True)
-        if not self._tried and (pending is None or length <= radius):
-            # mu = damping / 2: the Gauss–Newton step, if A + mu I can be factored (and where the root lies
-            # below a carried multiplier, whether there is one at all: the step may lie inside)
-            self._start, self._tried, factorizations = self._step(low), True, factorizations + 1
+        carried = self.multiplier if self.multiplier is not None and self.multiplier > base else None
+        if carried is not None and self.multiplier_radius:
+            carried = base + (carried - base) * self.multiplier_radius / radius
+        if carried is None and not self._tried:  # mu = damping / 2: the Gauss–Newton step, if A + mu I factors
+            self._start, self._tried, factorizations = self._step(base), True, 1
         if self._start is not None and float(self._start[0].norm()) <= radius:
-            return self._result(self._start[0], low, factorizations, False)
-        if self._start is None:
-            # A + mu I singular at mu = damping / 2 (A numerically rank deficient): below a few units of
-            # rounding of A's largest entries, mu would only amplify rounding (as the eigenbasis, which
-            # leaves such directions out); the search stays above
-            low += len(self.jtr) * torch.finfo(self.jtr.dtype).eps * max(float(self.normal.diagonal().max()), 1e-300)
+            return self._result(self._start[0], base, factorizations, False)
+        low = self._floor() if self._tried and self._start is None else base
         floor = low
         high = low + float(self.jtr.norm()) / radius  # |s(mu)| <= |b| / mu <= radius from there
-        mu = self.multiplier if self.multiplier is not None and low < self.multiplier < high else high
-        if mu != self.multiplier:
-            pending = None  # the search starts elsewhere
+        mu = carried if carried is not None and low < carried < high else high
         step = factor = None
         while factorizations < MAX_ROOT_ITERATIONS:
-            if pending is not None:
-                found, pending = pending, None
-            else:
-                found, factorizations = self._step(mu), factorizations + 1
+            found, factorizations = self._step(mu), factorizations + 1
+            if mu == base and not self._tried:  # the Gauss–Newton step, reached by the search
+                self._start, self._tried = found, True
+                if found is not None and float(found[0].norm()) <= radius:
+                    return self._result(found[0], base, factorizations, False)
+                if found is None:
+                    low = floor = self._floor()
+                    mu = math.sqrt(low * high)
+                    continue
             if found is None:  # A + mu I not factorable: the step there counts as longer than any radius
                 low, mu = mu, math.sqrt(mu * high) if mu > 0 else 0.5 * high
                 continue
@@ -368,7 +369,7 @@ class NormalEquationsModel:
             guess = mu * math.exp(math.log(length / target) / slope) if slope > 0 else math.inf
             if low < guess < high:
                 mu = guess
-            elif guess <= low and low == floor and floor > 0:
+            elif guess <= low and low == floor and (floor > 0 or not self._tried):
                 mu = floor  # the root may lie below every mu tried: look at the floor itself
             else:
                 mu = math.sqrt(low * high) if low > 0 else 0.5 * high
@@ -378,8 +379,15 @@ class NormalEquationsModel:
             # no mu in reach gives a step as long as the radius: with A singular, the least-norm step
             # lies inside the region, which only the eigenbasis gives (rank deficiency)
             return self.eigen().solve(radius)
-        self.multiplier = mu
+        self.multiplier, self.multiplier_radius = mu, radius
         return self._result(step, mu, factorizations, True)
+
+    def _floor(self) -> float:
+        """Where the search for ``mu`` starts when ``A + (damping / 2) I`` cannot be factored (``A``
+        numerically rank deficient): a few units of rounding of ``A``'s largest entries above it;
+        below, ``mu`` would only amplify rounding (as the eigenbasis, which leaves such directions out)."""
+        scale = max(float(self.normal.diagonal().max()), 1e-300)
+        return 0.5 * self.damping + len(self.jtr) * torch.finfo(self.jtr.dtype).eps * scale
 
     def eigen(self) -> GaussNewtonModel:
         """The same model in the eigenbasis of ``A`` (:class:`GaussNewtonModel`)."""
@@ -395,11 +403,17 @@ def model_multiplier(model: object) -> float:
     return float(getattr(model, "multiplier", None) or 0.0)
 
 
-def start_multiplier(model: object, multiplier: float) -> None:
-    """Start ``model``'s next root find at ``multiplier`` (the previous step's, as Levenberg–Marquardt
-    carries its parameter), where the model keeps one and ``multiplier > 0``."""
+def model_multiplier_radius(model: object) -> float:
+    """The radius that multiplier met (0 where unknown)."""
+    return float(getattr(model, "multiplier_radius", None) or 0.0)
+
+
+def start_multiplier(model: object, multiplier: float, radius: float = 0.0) -> None:
+    """Start ``model``'s next root find from ``multiplier`` (the previous step's, as Levenberg–Marquardt
+    carries its parameter; ``radius``, if known, the radius it met), where the model keeps one and
+    ``multiplier > 0``."""
     if multiplier > 0 and hasattr(model, "multiplier"):
-        model.multiplier = multiplier
+        model.multiplier, model.multiplier_radius = multiplier, (radius or None)
 
 
 class StackedGaussNewtonModels:
@@ -416,18 +430,19 @@ class StackedGaussNewtonModels:
         ``(R, M)``, ``(R, M, P)`` and which rows are each model's own ``(R, M)``.
     damping:
         As in :class:`GaussNewtonModel`.
-    multipliers:
-        Where each row's root find starts (the row's previous step's multiplier; 0: none).
+    multipliers, radii:
+        Where each row's root find starts (the row's previous step's multiplier; 0: none) and the
+        radius that multiplier met (0: unknown).
     """
 
     def __init__(self, residuals: Tensor, jacobian: Tensor, rows: Tensor, damping: float = 0.0,
-                 multipliers: Sequence[float] | None = None) -> None:
+                 multipliers: Sequence[float] | None = None, radii: Sequence[float] | None = None) -> None:
         if jacobian.dim() != 3 or residuals.shape != jacobian.shape[:2] or rows.shape != residuals.shape:
             raise ValueError(f"jacobian must be (R, M, P), residuals and rows (R, M), got {tuple(jacobian.shape)}, "
                              f"{tuple(residuals.shape)} and {tuple(rows.shape)}")
         self.models = [GaussNewtonModel.of(r[keep], j[keep], damping) for r, j, keep in zip(residuals, jacobian, rows)]
-        for model, multiplier in zip(self.models, multipliers or ()):
-            start_multiplier(model, multiplier)
+        for model, multiplier, radius in zip(self.models, multipliers or (), radii or itertools.repeat(0.0)):
+            start_multiplier(model, multiplier, radius)
         #: ``|r|^2`` of each row, ``(R,)``
         self.loss = torch.stack([torch.as_tensor(m.loss) for m in self.models])
         #: ``2 J^T r`` of each row, ``(R, P)``
@@ -441,3 +456,8 @@ class StackedGaussNewtonModels:
     def multipliers(self) -> list[float]:
         """Each model's multiplier of its last boundary step (0 where none)."""
         return [model_multiplier(m) for m in self.models]
+
+    @property
+    def multiplier_radii(self) -> list[float]:
+        """The radii those multipliers met (0 where unknown)."""
+        return [model_multiplier_radius(m) for m in self.models]

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
-from .least_squares import GaussNewtonModel, model_multiplier, start_multiplier
+from .least_squares import GaussNewtonModel, model_multiplier, model_multiplier_radius, start_multiplier
 from .trust_region import (
     DEFAULT_RADIUS,
     CGResult,
@@ -68,6 +68,8 @@ class StepInfo:
     non_finite_trials: int = 0  #: tries rejected because the trial loss or a Hessian-vector product was not finite
     #: ``subproblem="exact"``: the multiplier (Levenberg–Marquardt parameter) of the last boundary step, 0 if none
     multiplier: float = 0.0
+    #: the radius that multiplier met (0 if none): the next step's root find scales it to its own radius
+    multiplier_radius: float = 0.0
 
     def to_state(self) -> dict:
         return {**asdict(self), "reason": self.reason.value}
@@ -82,7 +84,8 @@ class StepInfo:
         first, last = steps[0], steps[-1]
         return cls(first.loss, last.new_loss, last.accepted, sum(s.tries for s in steps),
                    sum(s.cg_iterations for s in steps), last.reason, last.radius, last.rho, last.step_norm,
-                   last.predicted_reduction, sum(s.non_finite_trials for s in steps), last.multiplier)
+                   last.predicted_reduction, sum(s.non_finite_trials for s in steps), last.multiplier,
+                   last.multiplier_radius)
 
     def metrics(self, prefix: str) -> dict[str, float]:
         """The logged scalars, named ``prefix + name`` (``tr/tries``, ``apts/stage2_tries``, ...)."""
@@ -125,6 +128,7 @@ def trust_region_step(
     reduce: Callable[[Tensor], Tensor] | None = None,
     derivatives: FlatDerivatives | None = None,
     multiplier: float = 0.0,
+    multiplier_radius: float = 0.0,
 ) -> tuple[StepInfo, Tensor | None]:
     """One trust-region step on ``params`` in place: TR-CG, ratio test, radius update.
 
@@ -152,7 +156,8 @@ def trust_region_step(
     ``residuals_and_jacobian``, decomposed once for every try; across processes (``reduce``) each
     process's ``J^T J``, ``J^T r`` and ``|r|^2`` are summed.  A non-finite Jacobian or decomposition
     rejects the try as a non-finite product does.  ``multiplier`` (the previous step's, from its
-    :class:`StepInfo`) is where the root find of the multiplier starts, as Levenberg–Marquardt carries
+    :class:`StepInfo`, with ``multiplier_radius``, the radius it met) is where the root find of the
+    multiplier starts, as Levenberg–Marquardt carries
     its parameter from step to step.
 
     Returns the step's record and the loss at the parameters it leaves, with its graph, so
@@ -167,7 +172,7 @@ def trust_region_step(
                          "the flat parameters (the package's PINNObjective with its MLP network gives them)")
     if exact:
         model = GaussNewtonModel.of(*derivatives.residuals_and_jacobian(start), config.damping, reduce)
-        start_multiplier(model, multiplier)
+        start_multiplier(model, multiplier, multiplier_radius)
         loss, loss_value = None, _finite_loss(float(model.loss))
         flat_grad = model.gradient
 
@@ -223,7 +228,7 @@ def trust_region_step(
                     vector_to_parameters(start + result.step, params)
             info = StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason,
                             capped_radius(new_radius, True, cap, config), rho, float(result.step.norm()),
-                            result.predicted_reduction, non_finite, model_multiplier(model if exact else None))
+                            result.predicted_reduction, non_finite, *_carried(model if exact else None))
             return info, trial
         if derivatives is None:  # back from the trial point
             with torch.no_grad():
@@ -231,7 +236,7 @@ def trust_region_step(
         at_floor, radius = radius <= config.min_radius, new_radius
         if at_floor or not retry:
             info = StepInfo(loss_value, loss_value, False, tries, cg_iterations, result.reason,
-                            radius, rho, 0.0, 0.0, non_finite, model_multiplier(model if exact else None))
+                            radius, rho, 0.0, 0.0, non_finite, *_carried(model if exact else None))
             return info, loss
         if result.reason in (StopReason.CONVERGED, StopReason.MAX_ITER):
             # CG iterates grow in norm, so an interior step is the same for every radius
@@ -241,6 +246,11 @@ def trust_region_step(
             while radius > step_norm and radius > config.min_radius:
                 radius = max(radius * config.shrink, config.min_radius)
                 tries += 1
+
+
+def _carried(model: object) -> tuple[float, float]:
+    """An exact model's last multiplier and the radius it met, for the next step (0, 0 where none)."""
+    return model_multiplier(model), model_multiplier_radius(model)
 
 
 def _finite_loss(value: float) -> float:
@@ -413,7 +423,8 @@ class TrustRegion(RecordingOptimizer):
                 closure()  # once, for what the closure records (the objective's entry terms, hooks)
         last = self.last_step
         info, _ = trust_region_step(closure, params, self.radius, config, derivatives=derivatives,
-                                    multiplier=last.multiplier if last is not None else 0.0)
+                                    multiplier=last.multiplier if last is not None else 0.0,
+                                    multiplier_radius=last.multiplier_radius if last is not None else 0.0)
         self._record(info, info.radius, steps=1, accepted=int(info.accepted), tries=info.tries,
                      cg_iterations=info.cg_iterations)
         return torch.tensor(info.loss)

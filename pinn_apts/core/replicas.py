@@ -158,14 +158,17 @@ def local_solves(
             else:
                 objective = partial(_coherent_loss, objective, params, shift, start)
                 loss = _coherent_loss(lambda: local_value, params, shift, start)  # at theta_k, evaluated once
-        multiplier = (multipliers or {}).get(d, 0.0)  # an exact root find starts where the replica's last one ended
+        # an exact root find starts where the replica's last one ended (the radius it met: unknown)
+        multiplier, multiplier_radius = (multipliers or {}).get(d, 0.0), 0.0
         for j in range(local_steps):
             try:
                 info, loss = trust_region_step(objective, params, local_radius, config, max_radius=local_cap,
-                                               retry=local_retry, loss=loss, derivatives=flat, multiplier=multiplier)
+                                               retry=local_retry, loss=loss, derivatives=flat, multiplier=multiplier,
+                                               multiplier_radius=multiplier_radius)
             except FloatingPointError as err:
                 raise FloatingPointError(f"Stage I, replica {d}, local step {j + 1}: {err}") from err
-            local_radius, multiplier = info.radius, info.multiplier  # the radius: at most local_cap, at least min_radius
+            local_radius = info.radius  # at most local_cap, at least min_radius
+            multiplier, multiplier_radius = info.multiplier, info.multiplier_radius
             result.local_steps += 1
             result.local_accepted += int(info.accepted)
             result.cg_iterations += info.cg_iterations
@@ -241,11 +244,11 @@ def batched_local_solves(
         raise ValueError("subproblem='exact' with batched replicas needs their stacked residuals and Jacobians "
                          "(the package's PINNObjective with its MLP network gives them)")
     # each replica's exact root find starts where its previous one ended
-    carried = [(multipliers or {}).get(d, 0.0) for d in replicas]
+    carried, carried_radii = [(multipliers or {}).get(d, 0.0) for d in replicas], [0.0] * num
     for j in range(local_steps):
         if exact:
             models = StackedGaussNewtonModels(*derivatives.stacked_residuals_and_jacobian(current), config.damping,
-                                              carried)
+                                              carried, carried_radii)
             loss_values, flat_grad = models.loss, models.gradient
         elif derivatives is not None:
             loss_values, flat_grad = derivatives.loss_and_grad(current)
@@ -269,7 +272,7 @@ def batched_local_solves(
 
         if exact:
             cg = models.solve(radii)
-            carried = models.multipliers
+            carried, carried_radii = models.multipliers, models.multiplier_radii
         else:
             if derivatives is not None:
                 hvp = partial(derivatives.hvp, current)
