@@ -583,3 +583,23 @@ def test_committed_results_come_from_one_clean_commit_of_main(pattern):
         pytest.skip(f"a shallow clone without commit {commit[:12]}: cannot tell whether it is in this history")
     ancestor = git("merge-base", "--is-ancestor", commit, "HEAD")
     assert ancestor.returncode == 0, f"{pattern}: commit {commit[:12]} is not in this checkout's history"
+
+
+def test_stage1_share_and_what_d_devices_would_allow():
+    from pinn_apts.paper.report import stage1_share, stage1_table
+
+    def run(seed, stage1, stage2, method="apts_d4"):
+        steps = range(len(stage1))
+        return {"problem": "heat", "method": method, "seed": seed,
+                "curves": {"time/stage1": list(zip(steps, stage1)), "time/stage2": list(zip(steps, stage2))}}
+
+    # the first iteration (compilation) is left out: 3 s of Stage I against 1 s of Stage II
+    first = run(0, [100.0, 1.0, 2.0], [50.0, 0.5, 0.5])
+    assert stage1_share(first) == pytest.approx(0.75)
+    assert stage1_share({"curves": {}}) is None  # an older file, or a method without stages
+    table = stage1_table({("heat", "apts_d4"): [first, run(1, [9.0, 1.0], [9.0, 1.0])],
+                          ("heat", "tr"): [run(0, [1.0, 1.0], [1.0, 1.0], "tr")]})
+    assert "| heat | apts_d4 | 2 | 0.62 |" in table  # median of 0.75 and 0.5
+    # 1 / ((1 - 0.75) + 0.75 / 4) = 2.29 and 1 / (0.5 + 0.5 / 4) = 1.6: median 1.94
+    assert table.rstrip().endswith("| 1.94 |") and "| tr |" not in table
+    assert stage1_table({("heat", "tr"): [run(0, [1.0, 1.0], [1.0, 1.0], "tr")]}) == ""

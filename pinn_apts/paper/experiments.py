@@ -66,8 +66,8 @@ METHODS = ("apts_d2", "apts_d4", "apts_d8", "adam", "lbfgs", "lbfgs_wolfe", "tr"
 ITERATIONS = 2000
 #: the per-iteration scalars kept in a results file
 CURVES = (
-    "loss/total", "error/rel_l2", "error/rmse", "time/iteration", "time/elapsed", "apts/radius", "apts/stage1_accepted",
-    "apts/stage2_tries", "apts/replica_coherence", "tr/radius", "tr/tries",
+    "loss/total", "error/rel_l2", "error/rmse", "time/iteration", "time/elapsed", "time/stage1", "time/stage2",
+    "apts/radius", "apts/stage1_accepted", "apts/stage2_tries", "apts/replica_coherence", "tr/radius", "tr/tries",
 )
 #: outer iterations between a run's checkpoints (in ``<log root>/<run>/resume``, removed once its file is
 #: written), times the run's ``log_every``

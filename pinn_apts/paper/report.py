@@ -263,6 +263,36 @@ def acceptance_table(groups: dict[tuple[str, str], list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stage1_share(record: dict) -> float | None:
+    """The share of an APTS run's seconds that Stage I took (its local solves and the acceptance test,
+    ``time/stage1``) in the optimizer's seconds (``time/stage1 + time/stage2``), the first iteration
+    (compilation) left out; ``None`` for a file without those curves."""
+    first, second = curve(record, "time/stage1"), curve(record, "time/stage2")
+    steps = [k for k in first if k > 0 and k in second]
+    if not steps:
+        return None
+    stage1 = sum(first[k] for k in steps)
+    return stage1 / (stage1 + sum(second[k] for k in steps))
+
+
+def stage1_table(groups: dict[tuple[str, str], list[dict]]) -> str:
+    """Stage I's share of an APTS iteration (median [IQR] over seeds) and what that share would allow
+    with the ``D`` replicas on ``D`` devices, one each: ``1 / ((1 - share) + share / D)``, a bound that
+    leaves out communication and treats the acceptance test as split too; empty where no file has
+    the curves."""
+    lines = ["| PDE | method | seeds | Stage I share of an iteration | iteration speed-up on D devices, at most |",
+             "|---|---|---|---|---|"]
+    for (problem, method), records in sorted(groups.items()):
+        shares = [share for share in map(stage1_share, records) if share is not None]
+        if not method.startswith("apts_d") or not shares:
+            continue
+        d = int(method.removeprefix("apts_d"))
+        bound = [1.0 / ((1.0 - share) + share / d) for share in shares]
+        lines.append(f"| {problem} | {method} | {len(shares)} | {_median_iqr(shares, '.2f')} "
+                     f"| {_median_iqr(bound, '.2f')} |")
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
 def resampling_peaks(record: dict, key: str, period: int = 10, window: int = 5, offset: int = 0) -> float:
     """Median over resampling events of the peak of a curve just after the event, relative to before.
 
@@ -513,6 +543,7 @@ def main(argv: list[str] | None = None) -> None:
     print(milestone_table(groups))
     print(milestone_table(groups, "loss/total"))
     print(resampling_table(groups))
+    print(stage1_table(groups))
     if variant is not None:
         if not variant:
             raise SystemExit(f"no results files in {args.compare}")
