@@ -47,17 +47,15 @@ import math
 import warnings
 from functools import partial
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from .jet import MLPJet
-from .loss import residual_of
+from .loss import LossData, residual_of, terms_of, weighted_parts
 from .problems import PDEProblem
 
-__all__ = ["CURVATURES", "RECOMPILES_PER_LOSS", "CompiledDerivatives", "CompiledPINNLoss", "LossData",
-           "compiled_pinn_loss"]
+__all__ = ["CURVATURES", "RECOMPILES_PER_LOSS", "CompiledDerivatives", "CompiledPINNLoss", "compiled_pinn_loss"]
 
 
 def _mend_guard_locations() -> bool:
@@ -86,23 +84,6 @@ def _mend_guard_locations() -> bool:
 #: compilations of one code object that each :class:`CompiledPINNLoss` may add past the recompile
 #: limit (dtypes, stacked layouts, shape specialisations: two or three in practice)
 RECOMPILES_PER_LOSS = 8
-
-
-class LossData(NamedTuple):
-    """The point sets of one objective and the weight of each term's sum of squares.
-
-    The loss is ``interior_weight * sum(r^2) + initial_weight * sum((u - g)^2) + boundary_weight * ...``:
-    ``1 / size`` gives a mean (a local or the full loss), ``1 / size of the whole set`` a process's share.
-    """
-
-    interior: Tensor
-    interior_weight: Tensor
-    initial: Tensor
-    initial_values: Tensor
-    initial_weight: Tensor
-    boundary: Tensor
-    boundary_values: Tensor
-    boundary_weight: Tensor
 
 
 #: the curvature a :class:`CompiledDerivatives`' products use, and the function that gives them
@@ -196,14 +177,8 @@ class CompiledPINNLoss:
         }
 
     def _loss(self, flat: Tensor, *data: Tensor) -> Tensor:
-        d = LossData(*data)
-        weights, biases = self._layers(flat)
-        residual = residual_of(self.problem, MLPJet(weights, biases, d.interior))
-        out = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u
-        n_ic = d.initial.shape[0]
-        return (d.interior_weight * residual.square().sum()
-                + d.initial_weight * (out[:n_ic] - d.initial_values).square().sum()
-                + d.boundary_weight * (out[n_ic:] - d.boundary_values).square().sum())
+        """The loss at one flat parameter vector: the sum of squares of :meth:`_residuals`."""
+        return self._stacked_loss(flat.unsqueeze(0), *data).squeeze(0)
 
     def _layers(self, flat: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """The layers' weights and biases of one flat parameter vector."""
@@ -233,13 +208,11 @@ class CompiledPINNLoss:
 
         j_interior, r_interior = per_point(interior_residual, d.interior)
         j_edge, u_edge = per_point(value, torch.cat([d.initial, d.boundary]))
-        n_ic = d.initial.shape[0]
-        scale = torch.cat([d.interior_weight.sqrt().expand(len(r_interior)),
-                           d.initial_weight.sqrt().expand(n_ic),
-                           d.boundary_weight.sqrt().expand(len(u_edge) - n_ic)])
-        targets = torch.cat([d.initial_values.reshape(-1), d.boundary_values.reshape(-1)])
-        residuals = scale * torch.cat([r_interior, u_edge - targets])
-        return residuals, scale.unsqueeze(1) * torch.cat([j_interior, j_edge])
+        # each row of J scales as its residual: by sqrt of its weight (the parts of ones, without targets)
+        untargeted = d._replace(initial_values=torch.zeros_like(d.initial_values),
+                                boundary_values=torch.zeros_like(d.boundary_values))
+        scale = torch.cat(weighted_parts(torch.ones_like(r_interior), torch.ones_like(u_edge), untargeted))
+        return torch.cat(weighted_parts(r_interior, u_edge, d)), scale.unsqueeze(1) * torch.cat([j_interior, j_edge])
 
     def stacked_residuals_and_jacobian(self, flat: Tensor, *data: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """:meth:`residuals_and_jacobian` of ``R`` stacked replicas (``flat`` ``(R, P)``, ``interior``
@@ -262,20 +235,21 @@ class CompiledPINNLoss:
         interior, initial and boundary point, one vector."""
         return self._stacked_residuals(flat.unsqueeze(0), *data).squeeze(0)
 
-    def _stacked_residuals(self, flat: Tensor, *data: Tensor) -> Tensor:
-        """The ``R`` replicas' weighted residual vectors, ``(R, M)``: the sum of squares of row ``i``
-        is :meth:`_stacked_loss`'s entry ``i`` (``interior_weight`` ``(R, size)`` or a scalar)."""
+    def _stacked_parts(self, flat: Tensor, *data: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The three parts ``(R, .)`` of the ``R`` replicas' weighted residual vectors
+        (:func:`~pinn_apts.pde.loss.weighted_parts`; ``interior_weight`` ``(R, size)`` or a scalar)."""
         d = LossData(*data)
         count = flat.shape[0]
         weights, biases = self._stacked_layers(flat)
         interior = d.interior if d.interior.dim() == 3 else d.interior.expand(count, *d.interior.shape)
         residual = residual_of(self.problem, MLPJet(weights, biases, interior)).squeeze(-1)
-        out = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u.squeeze(-1)
-        n_ic = d.initial.shape[0]
-        return torch.cat([d.interior_weight.sqrt() * residual,
-                          d.initial_weight.sqrt() * (out[:, :n_ic] - d.initial_values.squeeze(-1)),
-                          d.boundary_weight.sqrt() * (out[:, n_ic:] - d.boundary_values.squeeze(-1))
-                          ], dim=1)
+        edge = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u.squeeze(-1)
+        return weighted_parts(residual, edge, d)
+
+    def _stacked_residuals(self, flat: Tensor, *data: Tensor) -> Tensor:
+        """The ``R`` replicas' weighted residual vectors, ``(R, M)``: the sum of squares of row ``i`` is
+        :meth:`_stacked_loss`'s entry ``i``."""
+        return torch.cat(self._stacked_parts(flat, *data), dim=-1)
 
     def _stacked_layers(self, flat: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """The layers' weights ``(R, out, in)`` and biases ``(R, out)`` of ``R`` stacked flat parameter rows."""
@@ -285,15 +259,9 @@ class CompiledPINNLoss:
         return chunks[0::2], chunks[1::2]
 
     def _stacked_loss(self, flat: Tensor, *data: Tensor) -> Tensor:
-        """The ``R`` replicas' local losses, ``(R,)``, at their parameters ``flat`` ``(R, P)``."""
-        d = LossData(*data)
-        weights, biases = self._stacked_layers(flat)
-        residual = residual_of(self.problem, MLPJet(weights, biases, d.interior)).squeeze(-1)
-        out = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u.squeeze(-1)
-        n_ic = d.initial.shape[0]
-        return ((d.interior_weight * residual.square()).sum(dim=1)
-                + d.initial_weight * (out[:, :n_ic] - d.initial_values.squeeze(-1)).square().sum(dim=1)
-                + d.boundary_weight * (out[:, n_ic:] - d.boundary_values.squeeze(-1)).square().sum(dim=1))
+        """The ``R`` replicas' local losses, ``(R,)``, at their parameters ``flat`` ``(R, P)``: the loss
+        terms' sums of squares of :meth:`_stacked_residuals`, as the graph path sums them."""
+        return terms_of(self._stacked_parts(flat, *data)).total
 
     def _stacked_total(self, flat: Tensor, *data: Tensor) -> Tensor:
         """``F = sum_d L^d``: its gradient is the replicas' gradients, its Hessian block diagonal."""

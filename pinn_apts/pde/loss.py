@@ -1,4 +1,12 @@
-"""The composite PINN loss ``L = L_Omega + L_IC + L_BC`` (paper, equations 2 and 3)."""
+"""The composite PINN loss ``L = L_Omega + L_IC + L_BC`` (paper, equations 2 and 3), from one residual vector.
+
+Every loss of the package is the sum of squares of one weighted residual vector
+(:func:`weighted_residuals`): ``sqrt(w) * r`` at each interior point, then ``sqrt(w) * (u - g)`` at each
+initial and boundary point, each term weighted by ``1 / size`` of its set (a mean: the full or a
+replica's local loss) or ``1 / size of the whole set`` (a process's share).  The graph path
+(:func:`pinn_loss`, :func:`pinn_loss_share`, :func:`stacked_pinn_loss`), the flat functions of
+:mod:`~pinn_apts.pde.compiled` (losses, gradients, products, Jacobians) take it from here.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +22,8 @@ from .problems import PDEProblem
 from .sampling import CollocationBatch
 
 __all__ = [
-    "LossTerms", "check_loss_finite", "padded_parts", "pinn_loss", "pinn_loss_share", "residual_of", "share_of_data",
-    "stacked_pinn_loss",
+    "LossData", "LossTerms", "check_loss_finite", "loss_data", "module_terms", "padded_parts", "pinn_loss", "pinn_loss_share",
+    "residual_of", "share_of_data", "stacked_pinn_loss", "terms_of", "weighted_parts", "weighted_residuals",
 ]
 
 
@@ -26,6 +34,80 @@ class LossTerms(NamedTuple):
     interior: Tensor
     initial: Tensor
     boundary: Tensor
+
+
+class LossData(NamedTuple):
+    """The point sets of one objective and the weight of each term's sum of squares.
+
+    The loss is ``interior_weight * sum(r^2) + initial_weight * sum((u - g)^2) + boundary_weight * ...``:
+    ``1 / size`` gives a mean (a local or the full loss), ``1 / size of the whole set`` a process's share.
+    Stacked replicas (:func:`stacked_pinn_loss`) have ``interior`` ``(R, size, 2)`` and
+    ``interior_weight`` ``(R, size)`` (0 on padding points).
+    """
+
+    interior: Tensor
+    interior_weight: Tensor
+    initial: Tensor
+    initial_values: Tensor
+    initial_weight: Tensor
+    boundary: Tensor
+    boundary_values: Tensor
+    boundary_weight: Tensor
+
+
+def _inverse(size: int, like: Tensor) -> Tensor:
+    """``1 / size`` as a 0-d tensor of ``like``'s dtype and device (a term's weight)."""
+    return torch.tensor(1.0 / size, dtype=like.dtype, device=like.device)
+
+
+def loss_data(batch: CollocationBatch, interior: Tensor, interior_weight: Tensor | float | None = None,
+              edges: tuple[Tensor, Tensor, Tensor, Tensor] | None = None) -> LossData:
+    """The :class:`LossData` of ``interior`` points (weight ``1 / len(interior)`` unless given) and the
+    batch's initial and boundary sets (or ``edges``: a process's share of them), weighted by
+    ``1 / size`` of the batch's whole sets."""
+    initial, initial_values, boundary, boundary_values = edges or (
+        batch.initial, batch.initial_values, batch.boundary, batch.boundary_values)
+    if interior_weight is None:
+        weight = _inverse(len(interior), interior)
+    elif isinstance(interior_weight, Tensor):
+        weight = interior_weight
+    else:
+        weight = torch.tensor(float(interior_weight), dtype=interior.dtype, device=interior.device)
+    return LossData(interior, weight, initial, initial_values, _inverse(len(batch.initial), interior),
+                    boundary, boundary_values, _inverse(len(batch.boundary), interior))
+
+
+def weighted_parts(residual: Tensor, edge: Tensor, data: LossData) -> tuple[Tensor, Tensor, Tensor]:
+    """The three parts of the weighted residual vector: ``sqrt(w) * r`` at the interior points (``residual``
+    ``(..., N)``, the PDE residuals), ``sqrt(w) * (u - g)`` at the initial and at the boundary points
+    (``edge`` ``(..., n_I + n_B)``, the network's values there)."""
+    n_ic = data.initial.shape[0]
+    return (data.interior_weight.sqrt() * residual,
+            data.initial_weight.sqrt() * (edge[..., :n_ic] - data.initial_values.squeeze(-1)),
+            data.boundary_weight.sqrt() * (edge[..., n_ic:] - data.boundary_values.squeeze(-1)))
+
+
+def weighted_residuals(problem: PDEProblem, jet: Jet, edge: Tensor, data: LossData) -> Tensor:
+    """The weighted residual vector ``(..., M)`` whose sum of squares is the loss: the residual of
+    ``problem`` on ``jet`` (the network at the interior points) and the misfits of ``edge`` (its values
+    at the initial and boundary points, ``(..., n_I + n_B)``), each times ``sqrt`` of its weight."""
+    return torch.cat(weighted_parts(residual_of(problem, jet).squeeze(-1), edge, data), dim=-1)
+
+
+def terms_of(parts: tuple[Tensor, Tensor, Tensor]) -> LossTerms:
+    """The loss and its three terms: the sums of squares of the weighted residual vector's parts
+    (:func:`weighted_parts`)."""
+    interior, initial, boundary = (part.square().sum(-1) for part in parts)
+    return LossTerms(interior + initial + boundary, interior, initial, boundary)
+
+
+def module_terms(u: Callable[[Tensor], Tensor], problem: PDEProblem, data: LossData) -> LossTerms:
+    """The loss terms of a network module on ``data``: an MLP propagates the input derivatives forward
+    (cheaper), any other network by autograd; the initial and boundary points share one forward pass."""
+    points = data.interior
+    jet = u.jet(points) if hasattr(u, "jet") else AutogradJet(u, points)
+    edge = u(torch.cat([data.initial, data.boundary])).squeeze(-1)
+    return terms_of(weighted_parts(residual_of(problem, jet).squeeze(-1), edge, data))
 
 
 def pinn_loss(
@@ -40,16 +122,8 @@ def pinn_loss(
     local objective, equation 3); the initial and boundary sets are always the
     batch's shared ones.
     """
-    points = batch.interior if interior is None else interior
-    # An MLP propagates the input derivatives forward (cheaper); any other network by autograd.
-    jet = u.jet(points) if hasattr(u, "jet") else AutogradJet(u, points)
-    loss_interior = residual_of(problem, jet).square().mean()
-    # I and B share one forward pass; the residual's input derivatives stay off their rows.
-    n_ic = len(batch.initial)
-    out = u(torch.cat([batch.initial, batch.boundary]))
-    loss_initial = (out[:n_ic] - batch.initial_values).square().mean()
-    loss_boundary = (out[n_ic:] - batch.boundary_values).square().mean()
-    return LossTerms(loss_interior + loss_initial + loss_boundary, loss_interior, loss_initial, loss_boundary)
+    data = loss_data(batch, batch.interior if interior is None else interior)
+    return module_terms(u, problem, data)
 
 
 def pinn_loss_share(
@@ -68,14 +142,8 @@ def pinn_loss_share(
     processes (whose interior points partition ``batch.interior``) the shares give ``L``, and
     each process carries about ``1/world_size`` of every term.
     """
-    points = interior.detach()
-    residual = residual_of(problem, u.jet(points) if hasattr(u, "jet") else AutogradJet(u, points))
-    interior_share = residual.square().sum() / len(batch.interior)
-    initial, initial_values, boundary, boundary_values = share_of_data(batch, rank, world_size)
-    out = u(torch.cat([initial, boundary]))
-    initial_share = (out[: len(initial)] - initial_values).square().sum() / len(batch.initial)
-    boundary_share = (out[len(initial) :] - boundary_values).square().sum() / len(batch.boundary)
-    return LossTerms(interior_share + initial_share + boundary_share, interior_share, initial_share, boundary_share)
+    data = loss_data(batch, interior.detach(), 1.0 / len(batch.interior), share_of_data(batch, rank, world_size))
+    return module_terms(u, problem, data)
 
 
 def share_of_data(batch: CollocationBatch, rank: int, world_size: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -138,10 +206,7 @@ def stacked_pinn_loss(
     Parts that differ in size by one are padded and masked.  Returns a ``(D,)`` tensor.
     """
     index, weight = padded_parts(parts, batch.interior)
-    jet = MLPJet(weights, biases, batch.interior[index])
-    loss_interior = (weight * residual_of(problem, jet).squeeze(-1).square()).sum(dim=1)
-    n_ic = len(batch.initial)
-    out = MLPJet(weights, biases, torch.cat([batch.initial, batch.boundary])).u.squeeze(-1)
-    loss_initial = (out[:, :n_ic] - batch.initial_values.squeeze(-1)).square().mean(dim=1)
-    loss_boundary = (out[:, n_ic:] - batch.boundary_values.squeeze(-1)).square().mean(dim=1)
-    return loss_interior + loss_initial + loss_boundary
+    data = loss_data(batch, batch.interior[index], weight)
+    edge = MLPJet(weights, biases, torch.cat([batch.initial, batch.boundary])).u.squeeze(-1)
+    residual = residual_of(problem, MLPJet(weights, biases, data.interior)).squeeze(-1)
+    return terms_of(weighted_parts(residual, edge, data)).total

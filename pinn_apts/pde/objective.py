@@ -26,13 +26,14 @@ import torch
 from torch import Tensor, nn
 
 from ..core.distributed import Communicator, replicas_of_rank
-from .compiled import CompiledDerivatives, LossData, compiled_pinn_loss
+from .compiled import CompiledDerivatives, CompiledPINNLoss, compiled_pinn_loss
 from .loss import (
+    LossData,
     LossTerms,
     check_loss_finite,
+    loss_data,
+    module_terms,
     padded_parts,
-    pinn_loss,
-    pinn_loss_share,
     share_of_data,
     stacked_pinn_loss,
 )
@@ -114,11 +115,8 @@ class PINNObjective:
         raises ``FloatingPointError`` naming the iteration and the term if one is not finite.
         """
         comm = self.communicator
-        if comm.world_size == 1:
-            terms = pinn_loss(self.net, self.problem, self.batch)
-        else:
-            terms = pinn_loss_share(self.net, self.problem, self.batch, self._own_interior(), comm.rank,
-                                    comm.world_size)
+        data = self._data(None)
+        terms = module_terms(self.net, self.problem, data)
         if self.entry_terms is None:
             entry = LossTerms(*comm.all_reduce_sum(torch.stack([t.detach() for t in terms])))
             check_loss_finite(entry, self.batch.iteration)
@@ -136,7 +134,8 @@ class PINNObjective:
     def local(self, d: int) -> Tensor:
         """Replica ``d``'s objective ``L_k^d`` at the network's parameters: its part of the interior
         set and the shared initial and boundary sets (equation 3)."""
-        terms = pinn_loss(self.net, self.problem, self.batch, self._interior(d))
+        data = self._data(d)
+        terms = module_terms(self.net, self.problem, data)
         self._last = terms
         return terms.total
 
@@ -169,16 +168,7 @@ class PINNObjective:
         residuals' Jacobian, which the graph path does not give)."""
         if not self._compilable:
             return None
-        batch, comm = self.batch, self.communicator
-        sets = (batch.initial, batch.initial_values, batch.boundary, batch.boundary_values)
-        if d is not None:
-            interior, interior_weight = self._interior(d), self._inverse(len(self.parts[d]))
-        elif comm.world_size == 1:
-            interior, interior_weight = batch.interior, self._inverse(len(batch.interior))
-        else:  # this rank's share, as pinn_loss_share
-            interior, interior_weight = self._own_interior(), self._inverse(len(batch.interior))
-            sets = share_of_data(batch, comm.rank, comm.world_size)
-        return self._compiled(interior, interior_weight, *sets, stacked=False, curvature=curvature, compiled=compiled)
+        return self._functions.derivatives(self._data(d), False, curvature, compiled)
 
     def compiled_stacked(self, curvature: str = "hessian", compiled: bool = True) -> CompiledDerivatives | None:
         """:meth:`stacked_local` compiled, with its gradients and Hessian-vector (or, with
@@ -186,29 +176,31 @@ class PINNObjective:
         parameters ``(R, P)`` (batched Stage I); ``None`` where not available."""
         if not self._compilable:
             return None
-        batch = self.batch
-        index, weight = padded_parts([self.parts[d] for d in self.replicas], batch.interior)
-        return self._compiled(batch.interior[index], weight, batch.initial, batch.initial_values, batch.boundary,
-                              batch.boundary_values, stacked=True, curvature=curvature, compiled=compiled)
+        index, weight = padded_parts([self.parts[d] for d in self.replicas], self.batch.interior)
+        return self._functions.derivatives(loss_data(self.batch, self.batch.interior[index], weight), True,
+                                           curvature, compiled)
 
     @property
     def _compilable(self) -> bool:
         """The package's MLP with every parameter trained: the layout the compiled functions assume."""
         return self.can_stack and all(p.requires_grad for p in self.net.parameters())
 
-    def _inverse(self, size: int) -> Tensor:
-        """``1 / size`` as a 0-d tensor of the batch's dtype and device (a term's weight)."""
-        return torch.tensor(1.0 / size, dtype=self.batch.interior.dtype, device=self.batch.interior.device)
+    @property
+    def _functions(self) -> CompiledPINNLoss:
+        """The process's compiled (and eager) functions of this problem and network layout."""
+        return compiled_pinn_loss(self.problem, self.net.layer_sizes)
 
-    def _compiled(self, interior: Tensor, interior_weight: Tensor, initial: Tensor, initial_values: Tensor,
-                  boundary: Tensor, boundary_values: Tensor, stacked: bool,
-                  curvature: str = "hessian", compiled: bool = True) -> CompiledDerivatives | None:
-        """The compiled functions on these sets (initial and boundary terms: means over the batch's whole
-        sets), or ``None`` after a failed compilation."""
-        batch = self.batch
-        data = LossData(interior, interior_weight, initial, initial_values, self._inverse(len(batch.initial)),
-                        boundary, boundary_values, self._inverse(len(batch.boundary)))
-        return compiled_pinn_loss(self.problem, self.net.layer_sizes).derivatives(data, stacked, curvature, compiled)
+    def _data(self, d: int | None) -> LossData:
+        """The point sets and weights of replica ``d``'s objective (its part of the interior set, the
+        shared initial and boundary sets), or with ``d=None`` of :meth:`full`: the whole batch, or
+        across processes this process's share (as :func:`~pinn_apts.pde.loss.pinn_loss_share`)."""
+        batch, comm = self.batch, self.communicator
+        if d is not None:
+            return loss_data(batch, self._interior(d))
+        if comm.world_size == 1:
+            return loss_data(batch, batch.interior)
+        return loss_data(batch, self._own_interior(), 1.0 / len(batch.interior),
+                         share_of_data(batch, comm.rank, comm.world_size))
 
     @cached_property
     def _layout(self) -> tuple[list[str], list[torch.Size]]:
