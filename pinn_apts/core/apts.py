@@ -328,11 +328,9 @@ class StageDerivatives:
     def of(cls, objective: APTSObjective, config: APTSConfig, compile: bool, mode: str) -> StageDerivatives:
         full = flat_derivatives(objective, config.trust_region.curvature, compile)
         local_curvature = config.local_trust_region.curvature
-        if local_curvature == "hessian":  # the paper's: compiled where Stage II is (then per replica too)
-            local = objective.compiled if offered(objective, "compiled", compile) is not None else None
-        else:
-            flat_derivatives(objective, local_curvature, compile)  # refuses an objective without them
-            local = partial(flat_derivatives, objective, local_curvature, compile)
+        # refuses Gauss–Newton products of an objective without flat functions; for the Hessian, None: the graph
+        has_flat = flat_derivatives(objective, local_curvature, compile) is not None
+        local = partial(flat_derivatives, objective, local_curvature, compile) if has_flat else None
         return cls(full, local, objective, config, compile)
 
     def graph(self):
@@ -340,14 +338,12 @@ class StageDerivatives:
         return torch.enable_grad() if self.full is None else torch.no_grad()
 
     def stacked(self) -> object | None:
-        """The batched replicas' stacked functions (compiled, or Gauss–Newton products eagerly), or
-        ``None``: the graph of the stacked loss."""
+        """The batched replicas' stacked functions (compiled, or eager), or ``None`` (an objective
+        without them): the graph of the stacked loss."""
         local_curvature = self.config.local_trust_region.curvature
         curvature = {} if local_curvature == "hessian" else {"curvature": local_curvature}
-        stacked = offered(self.objective, "compiled_stacked", self.compile, **curvature)
-        if stacked is None and curvature:  # Gauss–Newton products: eagerly if not compiled
-            stacked = offered(self.objective, "compiled_stacked", True, compiled=False, **curvature)
-        return stacked
+        return (offered(self.objective, "compiled_stacked", self.compile, **curvature)
+                or offered(self.objective, "compiled_stacked", True, compiled=False, **curvature))
 
 
 @dataclass(frozen=True)
@@ -530,7 +526,9 @@ class APTS(RecordingOptimizer):
         t0 = time.perf_counter()
         derivatives = StageDerivatives.of(objective, config, self.compile, mode)
         with derivatives.graph():
-            loss = objective.full()
+            loss = objective.full()  # at theta_k: its terms (entry_terms), and the graph of plain functions
+        if derivatives.full is not None:  # the value the stages compare with, from the functions they step on
+            loss = derivatives.full.loss(start)
         loss_value = float(self.communicator.all_reduce_sum(loss.detach()))
         if not math.isfinite(loss_value):
             raise FloatingPointError(f"non-finite loss {loss_value} at the start of the APTS iteration")
@@ -599,18 +597,21 @@ class APTS(RecordingOptimizer):
         correction = scale * solved.correction_sum
         alpha = 1.0
         for halvings in range(config.stage1_search + 1):
-            with torch.no_grad():
-                vector_to_parameters(start + alpha * correction, params)  # alpha = 1: bit for bit s_bar
-            with derivatives.graph():
-                trial = full()
+            point = start + alpha * correction  # alpha = 1: bit for bit s_bar
+            if derivatives.full is not None:  # the flat functions: the parameters stay at theta_k
+                trial = derivatives.full.loss(point).detach()
+            else:  # plain functions of the parameters: moved to the trial point, with the graph for Stage II
+                with torch.no_grad():
+                    vector_to_parameters(point, params)
+                with torch.enable_grad():
+                    trial = full()
             trial_value = float(self.communicator.all_reduce_sum(trial.detach()))
             accepted = math.isfinite(trial_value) and trial_value < loss_value
             if accepted or halvings == config.stage1_search:
                 break
             alpha *= 0.5
-        if not accepted:
-            with torch.no_grad():
-                vector_to_parameters(start, params)
+        with torch.no_grad():
+            vector_to_parameters(point if accepted else start, params)
         # the predicted decrease of a shortened step: the combined one scaled by alpha (to first order)
         rho = reduction_ratio(loss_value - trial_value, alpha * scale * solved.predicted_sum)
         return Stage1Trial(correction, alpha, trial, trial_value, accepted, rho)

@@ -268,12 +268,14 @@ def offered(objective: object, method: str, wanted: bool, **kwargs) -> object | 
 
 def flat_derivatives(objective: object, curvature: str, compile: bool, d: int | None = None) -> object | None:
     """The derivatives a trust-region step of ``curvature`` takes from ``objective`` (``objective.compiled(d)``):
-    for the Hessian, the compiled ones if ``compile`` and offered, else ``None`` (the graph path); for
-    Gauss–Newton, always the flat ones, compiled if ``compile`` and compilation works, else eager
-    (``ValueError`` if the objective has none)."""
+    the functions of the flat parameters, compiled if ``compile`` and compilation works, else eager.
+    An objective without them (plain functions of the model's parameters) gets ``None`` for the
+    Hessian (the graph path, which moves the parameters to the trial points) and a ``ValueError``
+    for Gauss–Newton."""
     which = {} if d is None else {"d": d}
     if curvature == "hessian":
-        return offered(objective, "compiled", compile, **which)
+        return offered(objective, "compiled", compile, **which) or offered(objective, "compiled", True,
+                                                                           compiled=False, **which)
     derivatives = (offered(objective, "compiled", compile, curvature=curvature, **which)
                    or offered(objective, "compiled", True, curvature=curvature, compiled=False, **which))
     if derivatives is None:

@@ -110,6 +110,9 @@ class CompiledDerivatives:
         self.product = CURVATURES[curvature]
         #: ``False``: the same functions, eagerly (never compiled)
         self.compiled = compiled
+        #: eager Hessian products keep the gradient's graph at the latest point (see :meth:`_graph_at`)
+        self.retains_graph = not compiled and curvature == "hessian"
+        self._kept: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None
 
     def _call(self, name: str, *args: Tensor):
         if self.compiled:
@@ -120,11 +123,31 @@ class CompiledDerivatives:
         return self._call("loss", flat)
 
     def loss_and_grad(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        if self.retains_graph:
+            _, value, grad, _, _ = self._graph_at(flat)
+            return value, grad
         grad, value = self._call("loss_and_grad", flat)
         return value, grad
 
     def hvp(self, flat: Tensor, v: Tensor) -> Tensor:
+        if self.retains_graph:
+            _, _, _, leaf, grad = self._graph_at(flat)
+            return torch.autograd.grad(grad, leaf, grad_outputs=v, retain_graph=True)[0]
         return self._call(self.product, flat, v)
+
+    def _graph_at(self, flat: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The point, loss, gradient, and the leaf and gradient graph of the loss at ``flat``, built once
+        per point: every Hessian-vector product at that point is one backward through the gradient's
+        graph (eager, about half the cost of a product from scratch, ``vjp`` of ``grad``), and the
+        graph is on a leaf of its own, so no evaluation anywhere moves the model's parameters."""
+        kept = self._kept
+        if kept is None or not torch.equal(kept[0], flat):
+            leaf = flat.detach().requires_grad_(True)
+            with torch.enable_grad():
+                value = self._call("loss", leaf)
+                (grad,) = torch.autograd.grad(value.sum(), leaf, create_graph=True)
+            self._kept = kept = (flat.detach().clone(), value.detach(), grad.detach(), leaf, grad)
+        return kept
 
     def residuals_and_jacobian(self, flat: Tensor) -> tuple[Tensor, Tensor]:
         """The weighted residual vector ``(M,)`` and its Jacobian ``(M, P)`` (one objective; eager:
@@ -178,7 +201,16 @@ class CompiledPINNLoss:
 
     def _loss(self, flat: Tensor, *data: Tensor) -> Tensor:
         """The loss at one flat parameter vector: the sum of squares of :meth:`_residuals`."""
-        return self._stacked_loss(flat.unsqueeze(0), *data).squeeze(0)
+        return terms_of(self._parts(*self._layers(flat), LossData(*data))).total
+
+    def _parts(self, weights: list[Tensor], biases: list[Tensor], d: LossData) -> tuple[Tensor, Tensor, Tensor]:
+        """The three parts of the weighted residual vector (:func:`~pinn_apts.pde.loss.weighted_parts`) of
+        the network of ``weights`` and ``biases``: one network's ``(out, in)`` and ``(out,)``, the same
+        operations as the module's own loss, or ``R`` stacked ones' ``(R, out, in)`` and ``(R, out)``
+        (then every part is ``(R, .)``)."""
+        residual = residual_of(self.problem, MLPJet(weights, biases, d.interior)).squeeze(-1)
+        edge = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u.squeeze(-1)
+        return weighted_parts(residual, edge, d)
 
     def _layers(self, flat: Tensor) -> tuple[list[Tensor], list[Tensor]]:
         """The layers' weights and biases of one flat parameter vector."""
@@ -233,18 +265,15 @@ class CompiledPINNLoss:
     def _residuals(self, flat: Tensor, *data: Tensor) -> Tensor:
         """The weighted residuals whose sum of squares is :meth:`_loss`: ``sqrt(weight) * r`` of every
         interior, initial and boundary point, one vector."""
-        return self._stacked_residuals(flat.unsqueeze(0), *data).squeeze(0)
+        return torch.cat(self._parts(*self._layers(flat), LossData(*data)))
 
     def _stacked_parts(self, flat: Tensor, *data: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The three parts ``(R, .)`` of the ``R`` replicas' weighted residual vectors
         (:func:`~pinn_apts.pde.loss.weighted_parts`; ``interior_weight`` ``(R, size)`` or a scalar)."""
         d = LossData(*data)
-        count = flat.shape[0]
-        weights, biases = self._stacked_layers(flat)
-        interior = d.interior if d.interior.dim() == 3 else d.interior.expand(count, *d.interior.shape)
-        residual = residual_of(self.problem, MLPJet(weights, biases, interior)).squeeze(-1)
-        edge = MLPJet(weights, biases, torch.cat([d.initial, d.boundary])).u.squeeze(-1)
-        return weighted_parts(residual, edge, d)
+        if d.interior.dim() == 2:
+            d = d._replace(interior=d.interior.expand(flat.shape[0], *d.interior.shape))
+        return self._parts(*self._stacked_layers(flat), d)
 
     def _stacked_residuals(self, flat: Tensor, *data: Tensor) -> Tensor:
         """The ``R`` replicas' weighted residual vectors, ``(R, M)``: the sum of squares of row ``i`` is
@@ -328,7 +357,8 @@ class CompiledPINNLoss:
                     compiled: bool = True) -> CompiledDerivatives | None:
         """The functions on ``data`` (of ``R`` stacked replicas if ``stacked``; products of the
         ``curvature``, see :data:`CURVATURES`), or, ``compiled`` and once compilation has failed,
-        ``None`` (use the eager graph path); with ``compiled=False`` the same functions eagerly."""
+        ``None`` (use the eager functions); with ``compiled=False`` the same functions eagerly (the
+        Hessian's products by a retained graph of the flat parameters' gradient)."""
         if compiled and self.failed is not None:
             return None
         return CompiledDerivatives(self, data, stacked, curvature, compiled)

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["AutogradJet", "Jet", "MLPJet", "feature_major_linear", "frozen_views"]
+__all__ = ["AutogradJet", "Jet", "MLPJet", "feature_major_linear"]
 
 
 class Jet(ABC):
@@ -89,7 +89,7 @@ class MLPJet(Jet):
 
     def __init__(self, weights: Sequence[Tensor], biases: Sequence[Tensor], points: Tensor) -> None:
         self.points = points
-        self.weights = frozen_views(weights)
+        self.weights = list(weights)
         self._activations: list[tuple[Tensor, Tensor]] = []  # (a_l, s'(z_l)) per hidden layer, (..., width, N)
         a = points.transpose(-1, -2)
         for w, b in zip(self.weights[:-1], biases[:-1]):
@@ -131,18 +131,6 @@ class MLPJet(Jet):
                     a_ddot = curvature + slope * (self.weights[layer] @ a_ddot)
             self._second[key] = (self.weights[-1] @ a_ddot).transpose(-1, -2)
         return self._second[key]
-
-
-def frozen_views(weights: Sequence[Tensor]) -> list[Tensor]:
-    """Views of ``weights`` for a graph that outlives a change of the parameters' values.
-
-    The trust-region step keeps the gradient's graph at ``theta`` for every Hessian-vector
-    product while it moves the parameters to trial points with ``vector_to_parameters``, which
-    swaps a parameter's ``.data``.  A product ``W @ A`` saves ``W`` for its derivative; a saved
-    parameter would follow the swap (a Hessian at a mix of points), a view keeps the values
-    the graph was built with.
-    """
-    return [w.view(w.shape) for w in weights]
 
 
 def feature_major_linear(a: Tensor, w: Tensor, b: Tensor) -> Tensor:

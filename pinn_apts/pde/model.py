@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .jet import MLPJet, feature_major_linear, frozen_views
+from .jet import MLPJet, feature_major_linear
 from .problems import check_int
 
 __all__ = ["MLP"]
@@ -45,8 +45,8 @@ class MLP(nn.Module):
         """``u`` at the points ``x``, ``(..., 2) -> (..., 1)`` (feature-major inside, as :class:`MLPJet`)."""
         if x.dim() != 2:
             return self(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], -1)
-        weights = frozen_views([layer.weight for layer in self.layers])
         a = x.transpose(0, 1)
-        for w, layer in zip(weights[:-1], self.layers[:-1]):
-            a = torch.tanh(feature_major_linear(a, w, layer.bias))
-        return feature_major_linear(a, weights[-1], self.layers[-1].bias).transpose(0, 1)
+        for layer in self.layers[:-1]:
+            a = torch.tanh(feature_major_linear(a, layer.weight, layer.bias))
+        last = self.layers[-1]
+        return feature_major_linear(a, last.weight, last.bias).transpose(0, 1)

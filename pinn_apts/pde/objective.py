@@ -218,11 +218,21 @@ class PINNObjective:
             yield
         except FloatingPointError as err:
             history = "" if earlier is None else f"; trial losses were last non-finite at outer iteration {earlier}"
-            if self._last is not None:
+            for terms in self._terms_to_name():
                 try:
-                    check_loss_finite(self._last, self.batch.iteration)
+                    check_loss_finite(terms, self.batch.iteration)
                 except FloatingPointError as named:
                     raise FloatingPointError(f"{named} ({err}){history}") from err
             if history:
                 raise FloatingPointError(f"{err}{history}") from err
             raise
+
+    def _terms_to_name(self) -> Iterator[LossTerms]:
+        """The loss terms that may name a non-finite value: the latest evaluation's, then (the steps on
+        the flat functions evaluate no terms) those of this process's objectives at the network's
+        current parameters (the optimizers leave ``theta_k`` there when they raise)."""
+        if self._last is not None:
+            yield self._last
+        with torch.no_grad():
+            for d in [None, *self.replicas] if self.num_subdomains > 1 else [None]:
+                yield module_terms(self.net, self.problem, self._data(d))
