@@ -321,7 +321,9 @@ def rerun_verdict(gaps: dict[str, float], tolerance: float) -> tuple[bool, str]:
 def check_at_commit(path: Path, iterations: int, config_dir: Path, work: Path) -> int:
     """Rerun ``path``'s first ``iterations`` with the code of the commit it names, from a ``git archive``
     of that commit in ``work`` (the configs too: ``config_dir``, where it lies in this checkout, is
-    taken from the archive), in a fresh process; print its verdict and return its exit status."""
+    taken from the archive, unless the commit does not have that folder yet: configs committed after
+    the runs, as ``configs/gauss_newton``, are then this checkout's), in a fresh process; print its
+    verdict and return its exit status."""
     from .provenance import ROOT, export_commit
 
     commit = json.loads(Path(path).read_text()).get("provenance", {}).get("commit")
@@ -329,9 +331,14 @@ def check_at_commit(path: Path, iterations: int, config_dir: Path, work: Path) -
         raise ValueError(f"{path} names no commit to rerun it with: check it with this code (--here)")
     source = export_commit(commit, work / f"source_{commit[:12]}")
     configs = Path(config_dir).resolve()
+    note = ""
     if configs.is_relative_to(ROOT):
-        configs = source / configs.relative_to(ROOT)
-    print(f"{path}: rerun with the code of commit {commit[:12]} (git archive in {source})", flush=True)
+        archived = source / configs.relative_to(ROOT)
+        if archived.is_dir():
+            configs = archived
+        else:
+            note = f"; its tree has no {configs.relative_to(ROOT)}: the configs of this checkout"
+    print(f"{path}: rerun with the code of commit {commit[:12]} (git archive in {source}){note}", flush=True)
     command = [sys.executable, "-m", "pinn_apts.paper.experiments", "--check", str(Path(path).resolve()),
                "--iterations", str(iterations), "--config-dir", str(configs), "--allow-dirty"]
     # the archive is no checkout, and git must not find one around it: its code records no commit
