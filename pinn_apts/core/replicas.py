@@ -25,6 +25,7 @@ from .least_squares import StackedGaussNewtonModels
 from .optim import trust_region_step
 from .trust_region import (
     FlatDerivatives,
+    GraphDerivatives,
     StopReason,
     TrustRegionConfig,
     capped_radius,
@@ -216,29 +217,16 @@ def batched_local_solves(
     local_cap = radius / local_steps
     radii = torch.full((num,), local_cap, dtype=theta.dtype, device=theta.device)
     result = LocalSolveResult(torch.zeros_like(theta), 0.0, {})
-
-    def losses_at(flat: Tensor, graph: bool) -> tuple[Tensor, Tensor]:
-        leaf = flat.detach().requires_grad_(graph)
-        with torch.enable_grad():
-            return stacked_local(leaf), leaf
-
     if local_retry:
         raise ValueError("batched replicas take local_retry=False only (a rejected local step is one of the J)")
+    if derivatives is None:  # the graph of stacked_local, kept per point on a leaf of its own
+        derivatives = GraphDerivatives(stacked_local)
     if full_gradient is not None:
         start = current.clone()
-        if derivatives is not None:
-            local_gradient = derivatives.loss_and_grad(start)[1]
-        else:
-            loss, stacked = losses_at(start, graph=True)
-            local_gradient = flat_gradient(loss.sum(), [stacked]).view_as(start)
+        local_gradient = derivatives.loss_and_grad(start)[1]
         for i, d in enumerate(replicas):
             _check_gradient(local_gradient[i], d)
-        shift = full_gradient - local_gradient
-        if derivatives is not None:
-            derivatives = CoherentDerivatives(derivatives, shift, start)
-        else:
-            plain = stacked_local
-            stacked_local = lambda flat: plain(flat) + ((flat - start) * shift).sum(dim=1)  # noqa: E731
+        derivatives = CoherentDerivatives(derivatives, full_gradient - local_gradient, start)
     exact = config.subproblem == "exact"
     if exact and not callable(getattr(derivatives, "stacked_residuals_and_jacobian", None)):
         raise ValueError("subproblem='exact' with batched replicas needs their stacked residuals and Jacobians "
@@ -250,20 +238,13 @@ def batched_local_solves(
             models = StackedGaussNewtonModels(*derivatives.stacked_residuals_and_jacobian(current), config.damping,
                                               carried, carried_radii)
             loss_values, flat_grad = models.loss, models.gradient
-        elif derivatives is not None:
-            loss_values, flat_grad = derivatives.loss_and_grad(current)
         else:
-            loss, stacked = losses_at(current, graph=True)
-            loss_values = loss.detach()
+            loss_values, flat_grad = derivatives.loss_and_grad(current)
         bad = ~torch.isfinite(loss_values)
         if bad.any():
             d = int(bad.nonzero()[0])
             raise FloatingPointError(f"Stage I, replica {replicas[d]}, local step {j + 1}: non-finite loss "
                                      f"{float(loss_values[d])} at the current point of the trust-region step")
-        if derivatives is None:
-            with torch.enable_grad():
-                (flat_grad_graph,) = torch.autograd.grad(loss.sum(), stacked, create_graph=True)
-            flat_grad = flat_grad_graph.detach()
         bad = ~torch.isfinite(flat_grad).all(dim=1)
         if bad.any():
             d = int(bad.nonzero()[0])
@@ -274,18 +255,9 @@ def batched_local_solves(
             cg = models.solve(radii)
             carried, carried_radii = models.multipliers, models.multiplier_radii
         else:
-            if derivatives is not None:
-                hvp = partial(derivatives.hvp, current)
-            else:
-                def hvp(v: Tensor) -> Tensor:
-                    return torch.autograd.grad(flat_grad_graph, stacked, grad_outputs=v, retain_graph=True)[0]
-
-            cg = stacked_steihaug_cg(flat_grad, hvp, radii, max_iter=config.cg_max_iter,
+            cg = stacked_steihaug_cg(flat_grad, partial(derivatives.hvp, current), radii, max_iter=config.cg_max_iter,
                                      damping=config.damping, rtol=config.cg_rtol)
-        if derivatives is not None:
-            trial_values = derivatives.loss(current + cg.step)
-        else:
-            trial_values, _ = losses_at(current + cg.step, graph=False)
+        trial_values = derivatives.loss(current + cg.step)
         pred = cg.predicted_reduction
         # as trust_region_step does for one subproblem: a non-finite product rejects the step
         rho = torch.where(cg.non_finite, -math.inf, reduction_ratio(loss_values - trial_values.detach(), pred))

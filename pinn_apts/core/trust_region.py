@@ -31,6 +31,7 @@ __all__ = [
     "SUBPROBLEMS",
     "CGResult",
     "FlatDerivatives",
+    "GraphDerivatives",
     "StackedCGResult",
     "StopReason",
     "TrustRegionConfig",
@@ -441,6 +442,46 @@ class FlatDerivatives(Protocol):
 
     def hvp(self, flat: Tensor, v: Tensor) -> Tensor:
         """The Hessian at ``flat`` times ``v``."""
+
+
+class GraphDerivatives:
+    """:class:`FlatDerivatives` of any function of the flat parameters by autograd: ``fn(flat)`` is the
+    loss, a 0-d tensor for one objective ``(P,)``, or the ``(R,)`` losses of ``R`` stacked replicas
+    ``(R, P)`` (then the gradients are rows and the products block diagonal, as
+    :class:`~pinn_apts.core.replicas.StackedDerivatives`).
+
+    The gradient's graph at a point is built once, on a leaf of its own, and kept: every
+    Hessian-vector product at that point is one backward through it.  Nothing it evaluates moves
+    a model's parameters.
+    """
+
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
+        self.fn = fn
+        self._kept: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None
+
+    def loss(self, flat: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.fn(flat)
+
+    def loss_and_grad(self, flat: Tensor) -> tuple[Tensor, Tensor]:
+        _, value, grad, _, _ = self._graph_at(flat)
+        return value, grad
+
+    def hvp(self, flat: Tensor, v: Tensor) -> Tensor:
+        _, _, _, leaf, grad = self._graph_at(flat)
+        return torch.autograd.grad(grad, leaf, grad_outputs=v, retain_graph=True)[0]
+
+    def _graph_at(self, flat: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The point, the loss, the gradient, and the leaf and the gradient's graph at ``flat`` (built
+        when ``flat`` differs from the kept point)."""
+        kept = self._kept
+        if kept is None or not torch.equal(kept[0], flat):
+            leaf = flat.detach().requires_grad_(True)
+            with torch.enable_grad():
+                value = self.fn(leaf)
+                (grad,) = torch.autograd.grad(value.sum(), leaf, create_graph=True)
+            self._kept = kept = (flat.detach().clone(), value.detach(), grad.detach(), leaf, grad)
+        return kept
 
 
 def flat_hvp(gradient: Sequence[Tensor], params: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:

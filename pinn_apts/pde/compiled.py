@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..core.trust_region import GraphDerivatives
 from .jet import MLPJet
 from .loss import LossData, residual_of, terms_of, weighted_parts
 from .problems import PDEProblem
@@ -110,9 +111,8 @@ class CompiledDerivatives:
         self.product = CURVATURES[curvature]
         #: ``False``: the same functions, eagerly (never compiled)
         self.compiled = compiled
-        #: eager Hessian products keep the gradient's graph at the latest point (see :meth:`_graph_at`)
-        self.retains_graph = not compiled and curvature == "hessian"
-        self._kept: tuple[Tensor, Tensor, Tensor, Tensor, Tensor] | None = None
+        #: eager Hessian products: one backward each through the gradient's graph, kept per point
+        self._graph = GraphDerivatives(partial(self._call, "loss")) if not compiled and curvature == "hessian" else None
 
     def _call(self, name: str, *args: Tensor):
         if self.compiled:
@@ -123,31 +123,15 @@ class CompiledDerivatives:
         return self._call("loss", flat)
 
     def loss_and_grad(self, flat: Tensor) -> tuple[Tensor, Tensor]:
-        if self.retains_graph:
-            _, value, grad, _, _ = self._graph_at(flat)
-            return value, grad
+        if self._graph is not None:
+            return self._graph.loss_and_grad(flat)
         grad, value = self._call("loss_and_grad", flat)
         return value, grad
 
     def hvp(self, flat: Tensor, v: Tensor) -> Tensor:
-        if self.retains_graph:
-            _, _, _, leaf, grad = self._graph_at(flat)
-            return torch.autograd.grad(grad, leaf, grad_outputs=v, retain_graph=True)[0]
+        if self._graph is not None:
+            return self._graph.hvp(flat, v)
         return self._call(self.product, flat, v)
-
-    def _graph_at(self, flat: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        """The point, loss, gradient, and the leaf and gradient graph of the loss at ``flat``, built once
-        per point: every Hessian-vector product at that point is one backward through the gradient's
-        graph (eager, about half the cost of a product from scratch, ``vjp`` of ``grad``), and the
-        graph is on a leaf of its own, so no evaluation anywhere moves the model's parameters."""
-        kept = self._kept
-        if kept is None or not torch.equal(kept[0], flat):
-            leaf = flat.detach().requires_grad_(True)
-            with torch.enable_grad():
-                value = self._call("loss", leaf)
-                (grad,) = torch.autograd.grad(value.sum(), leaf, create_graph=True)
-            self._kept = kept = (flat.detach().clone(), value.detach(), grad.detach(), leaf, grad)
-        return kept
 
     def residuals_and_jacobian(self, flat: Tensor) -> tuple[Tensor, Tensor]:
         """The weighted residual vector ``(M,)`` and its Jacobian ``(M, P)`` (one objective; eager:
