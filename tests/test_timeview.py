@@ -106,6 +106,24 @@ def test_a_later_folder_replaces_a_method_and_the_figure_draws_every_method(tmp_
     assert labels == ["Adam, budget", "TR, matrix"]
 
 
+def test_a_folder_beside_replaces_nothing_and_comes_after(tmp_path, capsys):
+    for folder, records in (("matrix", [*RUNS, record("adam", 0, [1, 2], [0.1, 0.05])]),
+                            ("least_squares", [record("tr", s, [1, 5, 9], [1e-2, 1e-5, 1e-7]) for s in range(2)])):
+        (tmp_path / folder).mkdir()
+        for r in records:
+            (tmp_path / folder / f"{r['problem']}_{r['method']}_s{r['seed']}.json").write_text(json.dumps(r))
+    series = time_series([tmp_path / "matrix"], [tmp_path / "least_squares"])
+    assert list(series) == [("heat", "Adam, matrix"), ("heat", "TR, matrix"), ("heat", "TR, least_squares")]
+    assert len(series["heat", "TR, matrix"]) == 4 and len(series["heat", "TR, least_squares"]) == 2
+    # as a later --time folder, the same runs replace the matrix's TR
+    assert ("heat", "TR, matrix") not in time_series([tmp_path / "matrix", tmp_path / "least_squares"])
+    report_main(["--results", str(tmp_path / "matrix"), "--time", str(tmp_path / "matrix"),
+                 "--time-beside", str(tmp_path / "least_squares")])
+    assert "| TR, least_squares | 2 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        report_main(["--results", str(tmp_path / "matrix"), "--time-beside", str(tmp_path / "least_squares")])
+
+
 def test_update_writes_the_time_tables_between_their_markers(tmp_path):
     from pinn_apts.paper.report import BEGIN, END, TIME_BEGIN, TIME_END, update_document
 

@@ -523,13 +523,18 @@ def main(argv: list[str] | None = None) -> None:
                         help="the time-to-accuracy view of these folders' runs (a later folder's runs of a method "
                              "replace an earlier one's): seconds to each error level, error at each budget, and with "
                              "--figures time_<pde>.png")
+    parser.add_argument("--time-beside", type=Path, nargs="+", default=[], metavar="FOLDER",
+                        help="with --time: folders of another configuration of the same methods (e.g. "
+                             "results/least_squares), shown beside those of --time, replacing none")
     args = parser.parse_args(argv)
+    if args.time_beside and not args.time:
+        parser.error("--time-beside goes with --time FOLDER ...")
     from .timeview import plot_time, time_series, time_tables
 
     try:
         groups = load_results(args.results)
         variant = load_results(args.compare) if args.compare is not None else None
-        series = time_series(args.time) if args.time else None
+        series = time_series(args.time, args.time_beside) if args.time else None
         timing = time_tables(series) if series else None
     except ValueError as err:
         raise SystemExit(f"report: {err}") from None

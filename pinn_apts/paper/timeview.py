@@ -67,19 +67,21 @@ class Trace:
         return float(self.seconds[-1])
 
 
-def time_series(folders: list[Path]) -> Series:
+def time_series(folders: list[Path], beside: list[Path] = ()) -> Series:
     """The results of ``folders`` by problem and method, labelled with the method and its folder; where
     two folders hold one problem and method, the later one's runs are taken (e.g. ``results`` then
-    ``results/budget``: APTS from the matrix, the baselines from their budget runs)."""
+    ``results/budget``: APTS from the matrix, the baselines from their budget runs).  The runs of the
+    ``beside`` folders (another configuration of the same methods, e.g. ``results/least_squares``)
+    replace none: they come after the others, labelled with their folder too."""
     from .report import LABELS, load_results
 
-    chosen: dict[tuple[str, str], tuple[str, list[dict]]] = {}
-    for folder in folders:
+    chosen: dict[tuple[str, int, str], tuple[str, list[dict]]] = {}
+    for group, folder in [*((0, f) for f in folders), *((i + 1, f) for i, f in enumerate(beside))]:
         for (problem, method), records in load_results(folder).items():
-            chosen[problem, method] = (f"{LABELS.get(method, method)}, {Path(folder).name}", records)
+            chosen[problem, group, method] = (f"{LABELS.get(method, method)}, {Path(folder).name}", records)
     order = {method: i for i, method in enumerate(LABELS)}
-    return {(problem, label): records
-            for (problem, method), (label, records) in sorted(chosen.items(), key=lambda c: (c[0][0], order.get(c[0][1], 99)))}
+    ordered = sorted(chosen.items(), key=lambda c: (c[0][0], c[0][1], order.get(c[0][2], 99)))
+    return {(problem, label): records for (problem, _, _), (label, records) in ordered}
 
 
 def trace(record: dict) -> Trace:
