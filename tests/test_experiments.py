@@ -121,6 +121,50 @@ def test_a_long_run_keeps_its_error_points_and_resumes_on_them(tmp_path, monkeyp
     assert resumed["curves"]["time/elapsed"][3][1] > resumed["curves"]["time/elapsed"][2][1]
 
 
+@pytest.mark.slow
+def test_a_budget_run_stops_at_its_seconds_resumes_on_its_clock_and_reruns_on_its_schedule(tmp_path, monkeypatch):
+    """A budget run (seconds given) ends after the iteration whose time/elapsed reaches the budget, short
+    of its planned iterations, and says so; its last curve point is that iteration's error at or past the
+    budget.  Killed, it resumes on the checkpoint's clock.  Rerun on its schedule for its iterations
+    (--check), without a budget, it gives the same curves."""
+    import pinn_apts.paper.experiments as experiments
+    from pinn_apts.training.module import PINNModule
+
+    planned, seconds = 10**6, 2.0
+    record = json.loads(run_one("heat", "adam", 0, planned, tmp_path / "a", CONFIG_DIR, tmp_path / "la",
+                                log_every=3, seconds=seconds).read_text())
+    done = record["iterations"]
+    assert 10 < done < planned and record["schedule"] == planned
+    assert record["stopped_by"] == "max_seconds" and record["max_seconds"] == seconds
+    elapsed = record["curves"]["time/elapsed"]
+    assert elapsed[-1][0] == done - 1 and elapsed[-2][1] < seconds <= elapsed[-1][1]
+    assert record["curves"]["error/rel_l2"][-1] == [done - 1, record["final_rel_l2"]]
+    gaps = check_rerun(tmp_path / "a" / "heat_adam_s0.json", done, CONFIG_DIR, tmp_path / "check")
+    assert gaps and all(gap == 0.0 for gap in gaps.values())
+
+    monkeypatch.setattr(experiments, "RESUME_EVERY", 2)  # a checkpoint every 2 * 3 iterations
+    original = PINNModule.on_train_batch_end
+
+    def killed(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.trainer.global_step == 10:
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        run_one("heat", "adam", 0, planned, tmp_path / "b", CONFIG_DIR, tmp_path / "lb", log_every=3, seconds=seconds)
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", original)
+    resumed = json.loads(run_one("heat", "adam", 0, planned, tmp_path / "b", CONFIG_DIR, tmp_path / "lb",
+                                 log_every=3, seconds=seconds).read_text())
+    assert resumed["resumed_at"] == 6 and resumed["stopped_by"] == "max_seconds"
+    clock = dict(resumed["curves"]["time/elapsed"])
+    assert clock[6] < clock[9] and max(clock.values()) >= seconds > sorted(clock.values())[-2]
+    # a stop before the budget (a graceful stop) is no result
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", lambda self, *a, **k: setattr(self.trainer, "should_stop", True))
+    with pytest.raises(RuntimeError, match=r"stopped after 1 of"):
+        run_one("heat", "adam", 0, planned, tmp_path / "c", CONFIG_DIR, tmp_path / "lc", seconds=seconds)
+
+
 def test_budget_plan_fills_the_budget_from_measured_seconds():
     from pinn_apts.paper.experiments import BUDGET_FILE, budget_plan, calibrate_budget
 
@@ -143,6 +187,10 @@ def test_budget_plan_fills_the_budget_from_measured_seconds():
                              margin={"adam": 1.25, "tr": 1.25},
                              whole_runs={("heat", "adam"): 0.005, ("heat", "tr"): 0.2})
     assert table["iterations"] == {"heat": {"adam": 150000, "tr": 5800}}
+    # several runs of one cell (earlier budget runs): the fastest plans
+    table = calibrate_budget([record("heat", "tr", 0.2), record("heat", "tr", 0.13), record("heat", "tr", 0.3)],
+                             seconds=600, margin={"tr": 1.25})
+    assert table["iterations"] == {"heat": {"tr": 5800}}
     committed = json.loads(BUDGET_FILE.read_text())  # the table the committed budget runs were planned with
     for problem in ("heat", "burgers", "laplace"):
         for method in ("adam", "lbfgs", "lbfgs_wolfe", "tr"):

@@ -21,14 +21,17 @@ and compares the curves bit for bit, the promise a results file makes; ``--here`
 this checkout's code, which must take the same decisions and stay within a tolerance.
 
 ``--budget`` runs the time-to-accuracy study instead: each baseline for a fixed wall-clock
-budget (:data:`BUDGET_SECONDS`).  A budget run is a fixed number of outer iterations, the number
-that fills the budget on this machine as measured by ``--calibrate`` and committed in
-``budget.json`` beside this module (with a margin, so that every run passes the budget), and the
-curriculum switches at 30% of that number, as in a matrix run.  A fixed count, not Lightning's
-``max_time``, so that a budget run reproduces bit for bit like any other results file; the
-seconds themselves are measured in every run (the ``time/elapsed`` curve).  Long runs keep
-about :data:`BUDGET_POINTS` points per curve: the error is evaluated, and the scalars kept, every
-``log_every = iterations // BUDGET_POINTS`` outer iterations (and at the last).
+budget (:data:`BUDGET_SECONDS`), stopped after the outer iteration at which its training clock
+(``time/elapsed``: compilation and the first iteration counted) reaches the budget
+(:class:`~pinn_apts.training.callbacks.StopAtSeconds`).  Its schedule is
+planned in ``budget.json`` beside this module: a number of outer iterations, :data:`BUDGET_MARGIN`
+times the number that fills the budget at the fastest seconds per iteration measured
+(``--calibrate``, or whole budget runs); the curriculum switches at 30% of that planned number, as
+in a matrix run (so at 30-50% of a run's seconds), and the run ends at the budget or at the planned
+number, whichever comes first.  A results file records both (``schedule``, ``iterations``) and
+reproduces bit for bit like any other: ``--check`` reruns its first iterations on its schedule.  Long
+runs keep about :data:`BUDGET_POINTS` points per curve: the error is evaluated, and the scalars
+kept, every ``log_every = schedule // BUDGET_POINTS`` outer iterations and at the last.
 
     python -m pinn_apts.paper.experiments --out results --jobs 2
     python -m pinn_apts.paper.experiments --problems burgers --methods apts_d4 adam --seeds 0 --iterations 200
@@ -80,10 +83,11 @@ BUDGET_METHODS = ("adam", "lbfgs", "lbfgs_wolfe", "tr")
 BUDGET_POINTS = 2000
 #: the outer iterations of each budget run, by problem and method, measured by ``--calibrate``
 BUDGET_FILE = Path(__file__).with_name("budget.json")
-#: how much longer than the budget a budget run is planned, by method: so that a slower moment still
-#: passes it, and L-BFGS's iterations, which get cheaper along a run, still fill it (the first Heat
-#: run of L-BFGS with the strong-Wolfe line search, planned with 1.25, ended at 459 s of 600)
-BUDGET_MARGIN = {"adam": 1.25, "tr": 1.25, "lbfgs": 1.5, "lbfgs_wolfe": 2.0}
+#: how many more outer iterations than fill the budget a budget run is planned for, by method, so that it
+#: ends at the budget and not at its planned count on a faster machine or a faster stretch (the same CPU
+#: model string ran 0.75-1.3 times as fast from one session to the next here); the larger, the later in
+#: a run its curriculum switch
+BUDGET_MARGIN = {"adam": 1.5, "tr": 1.5, "lbfgs": 1.5, "lbfgs_wolfe": 1.5}
 #: outer iterations of a calibration run (``--calibrate``), by method: one to three minutes each here.
 #: TR's run compiled, as its budget runs do (``compile="auto"`` compiles from 5000 iterations on).
 CALIBRATION_ITERATIONS = {"adam": 6000, "lbfgs": 3000, "lbfgs_wolfe": 600, "tr": 800}
@@ -166,9 +170,12 @@ def batch_run_args(config: Path | str, seed: int, iterations: int, root: Path | 
 def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, config_dir: Path,
             log_root: Path = Path("lightning_logs/experiments"), schedule: int | None = None,
             replace: bool = False, compile: str | None = None, name: str | None = None,
-            log_every: int = 1) -> Path:
+            log_every: int = 1, seconds: float | None = None) -> Path:
     """Train one cell of the matrix and write its results file (unless it exists, or ``replace``);
-    a run that stops before ``iterations`` (interrupted) raises ``RuntimeError`` and writes none.
+    a run that stops before ``iterations`` (interrupted) raises ``RuntimeError`` and writes none,
+    unless ``seconds`` (a budget run) stopped it: :class:`~pinn_apts.training.callbacks.StopAtSeconds`
+    ends the run after the outer iteration at which its ``time/elapsed`` reaches ``seconds`` (a resumed
+    run's earlier seconds included).
     Called again, it resumes from the run's last checkpoint (every :data:`RESUME_EVERY` iterations)
     if the same code made it with the same settings, and starts over otherwise.
 
@@ -183,6 +190,7 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
 
     from ..core.apts import APTS
     from ..core.optim import TrustRegion
+    from ..training.callbacks import StopAtSeconds
     from ..training.cli import cli_main
     from .provenance import code_stamp, provenance
 
@@ -199,16 +207,20 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
         args.append(f"--model.init_args.log_every={log_every}")
     saved = log_root / target.stem / "resume"
     logger = CurveLogger(journal=saved / "curves.jsonl", every=log_every)
-    resumed = _resume_point(saved, {"code": code_stamp(), "args": args}, logger)
+    stamp = {"code": code_stamp(), "args": args, **({} if seconds is None else {"seconds": seconds})}
+    resumed = _resume_point(saved, stamp, logger)
     cli = cli_main(args, run=False)
     cli.trainer.loggers = [*cli.trainer.loggers, logger]  # TensorBoard as usual, and the curves
     cli.trainer.callbacks.append(ModelCheckpoint(dirpath=saved, save_last=True, save_top_k=0,
                                                  every_n_train_steps=RESUME_EVERY * log_every))
+    budget = None if seconds is None else StopAtSeconds(seconds)
+    if budget is not None:
+        cli.trainer.callbacks.insert(0, budget)
     start = time.perf_counter()
     cli.trainer.fit(cli.model, cli.datamodule, ckpt_path=None if resumed == 0 else saved / "last.ckpt")
     wall = time.perf_counter() - start
     done = cli.trainer.global_step
-    if done < iterations or cli.trainer.interrupted:
+    if (done < iterations and not (budget is not None and budget.stopped(cli.model))) or cli.trainer.interrupted:
         # an interrupted fit (SIGTERM, Ctrl-C: Lightning shuts down gracefully) returns normally
         last = _saved_step(saved / "last.ckpt")
         raise RuntimeError(f"{target.name}: the run stopped after {done} of {iterations} outer iterations "
@@ -225,6 +237,8 @@ def run_one(problem: str, method: str, seed: int, iterations: int, out: Path, co
         "compile": bool(optimizer.compile) if isinstance(optimizer, (APTS, TrustRegion)) else None,
         "schedule": cli.datamodule.sampler.total_iterations,
         "iterations": cli.trainer.global_step,
+        "max_seconds": seconds,
+        "stopped_by": "max_seconds" if done < iterations else "iterations",
         "wall_seconds": wall,
         "elapsed_seconds": model.elapsed(),
         "seconds_per_iteration": wall / max(cli.trainer.global_step - resumed, 1),
@@ -382,14 +396,16 @@ def calibrate_budget(records: list[dict[str, Any]], seconds: float = BUDGET_SECO
     fill ``margin[method] * seconds`` (default :data:`BUDGET_MARGIN`) at the seconds per iteration,
     rounded up to a hundred.
 
-    The seconds per iteration are the calibration run's, or, if lower, those of ``whole_runs``
+    The seconds per iteration are the calibration run's (the fastest, given several runs of one cell:
+    earlier budget runs, say), or, if lower, those of ``whole_runs``
     (by problem and method: e.g. the median over the matrix's 2000-iteration runs): L-BFGS's
     iterations get cheaper along a run (fewer inner iterations), so a short calibration run alone
     would plan budget runs that end early."""
     measured: dict[str, dict[str, float]] = defaultdict(dict)
     for record in records:
         problem, method = record["problem"], record["method"]
-        per_iteration = min(seconds_per_iteration(record), (whole_runs or {}).get((problem, method), math.inf))
+        per_iteration = min(seconds_per_iteration(record), (whole_runs or {}).get((problem, method), math.inf),
+                            measured[problem].get(method, math.inf))
         measured[problem][method] = round(per_iteration, 6)
     margin = BUDGET_MARGIN if margin is None else margin
     return {"seconds": seconds, "margin": margin, "iterations": plan_iterations(measured, seconds, margin),
@@ -450,6 +466,7 @@ def main(argv: list[str] | None = None) -> None:
                              f"{HERE_TOLERANCE:g} with --here)")
     parser.add_argument("--one", nargs=3, metavar=("PROBLEM", "METHOD", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--log-every", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--max-seconds", type=float, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--compile", choices=("on", "off"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--replace", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -477,7 +494,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.one:
         problem, method, seed = args.one
         print(run_one(problem, method, int(seed), args.iterations, args.out, args.config_dir, args.log_root,
-                      args.schedule, replace=args.replace, log_every=args.log_every, compile=args.compile), flush=True)
+                      args.schedule, replace=args.replace, log_every=args.log_every, compile=args.compile,
+                      seconds=args.max_seconds), flush=True)
         return
     state = source_state()
     if args.check is not None:
@@ -554,6 +572,7 @@ def _run_cells(cells: list[tuple[str, str, int, int, int]], out: Path, args: arg
                    str(iterations), "--config-dir", str(args.config_dir), "--log-root", str(args.log_root),
                    *([] if schedule is None else ["--schedule", str(schedule)]),
                    *(["--replace"] if args.rerun_other_commits else []),
+                   *(["--max-seconds", str(BUDGET_SECONDS)] if args.budget else []),
                    "--log-every", str(log_every), "--one", problem, method, str(seed)]
         if args.calibrate and method in CALIBRATION_COMPILE:
             command[-4:-4] = ["--compile", CALIBRATION_COMPILE[method]]

@@ -8,6 +8,9 @@
   wall-clock seconds of training.
 - :class:`ErrorFigure`: at the end of training, the prediction, the exact solution and the
   error on the evaluation grid, to TensorBoard (``error/heatmap``) and ``error.png`` in the run folder.
+
+And one a run adds when it needs it: :class:`StopAtSeconds`, a wall-clock budget read on the run's
+own ``time/elapsed`` curve (the time-to-accuracy study's runs).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from .metrics import error_figure
 
-__all__ = ["ErrorFigure", "GracefulStop", "RunReport", "last_checkpoint_paths"]
+__all__ = ["ErrorFigure", "GracefulStop", "RunReport", "StopAtSeconds", "last_checkpoint_paths"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,30 @@ class GracefulStop(Callback):
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         self._restore()
+
+
+class StopAtSeconds(Callback):
+    """Stop training after the first outer iteration whose ``time/elapsed`` (the seconds
+    :class:`~pinn_apts.training.module.PINNModule` logs at its end: compilation and the first
+    iteration counted, a resumed run's earlier seconds included) reaches ``seconds``.
+
+    Lightning's ``max_time`` (:class:`~lightning.pytorch.callbacks.Timer`) does the same on a clock of
+    its own, started and read at other moments, so that the last point of a run's curve could fall a
+    moment short of the budget; here the logged seconds decide, and the run's last point is at or past
+    ``seconds`` whenever the run stopped for it."""
+
+    def __init__(self, seconds: float) -> None:
+        if not seconds > 0:
+            raise ValueError(f"seconds must be > 0, got {seconds}")
+        self.seconds = float(seconds)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any, **kwargs: Any) -> None:
+        stop = trainer.strategy.broadcast(pl_module.last_elapsed >= self.seconds)
+        trainer.should_stop = trainer.should_stop or stop
+
+    def stopped(self, pl_module: L.LightningModule) -> bool:
+        """Whether the run's clock reached the budget (it stopped for it, if it stopped early)."""
+        return pl_module.last_elapsed >= self.seconds
 
 
 class RunReport(Callback):

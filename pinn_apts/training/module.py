@@ -55,8 +55,9 @@ class PINNModule(L.LightningModule):
     seed:
         Seed of the network initialization (an integer >= 0).
     log_every:
-        The solution error is evaluated every ``log_every`` outer iterations (and at the last);
-        the loss and timings are logged every iteration.
+        The solution error is evaluated every ``log_every`` outer iterations and at the last, the
+        planned last (``trainer.max_steps``) or the one a run stops after (Lightning's ``max_time``,
+        a graceful stop); the loss and timings are logged every iteration.
     eval_points:
         Size ``(n0, n1)`` of the uniform evaluation grid of the error metrics.
     """
@@ -103,6 +104,10 @@ class PINNModule(L.LightningModule):
         #: wall-clock seconds of training before this fit started (a resumed run's earlier part)
         self.elapsed_before = 0.0
         self._fit_start: float | None = None
+        #: the outer iteration whose solution errors were logged last
+        self._errors_logged_at: int | None = None
+        #: ``time/elapsed`` as logged at the end of the last outer iteration (:class:`StopAtSeconds` reads it)
+        self.last_elapsed = 0.0
 
     # ----------------------------------------------------------------- pieces
     def forward(self, points: Tensor) -> Tensor:
@@ -158,8 +163,21 @@ class PINNModule(L.LightningModule):
         last = self.trainer.max_steps is not None and k == self.trainer.max_steps - 1
         if k % self.log_every == 0 or last:
             metrics.update(self.solution_errors())
-        metrics["time/elapsed"] = self.elapsed()
+            self._errors_logged_at = k
+        metrics["time/elapsed"] = self.last_elapsed = self.elapsed()
         self.log_metrics(metrics, step=k)
+
+    def on_train_batch_end(self, outputs: object, batch: CollocationBatch, batch_idx: int) -> None:
+        """A run that stops after this iteration before its planned last (:class:`StopAtSeconds`,
+        Lightning's ``max_time``, a graceful stop: the callbacks have decided by now) logs the solution
+        errors of its last iterate too, with ``time/elapsed``: the point a time budget ends on."""
+        k = batch.iteration
+        if self.trainer.should_stop and self._errors_logged_at != k:
+            values = {name: float(value) for name, value in self.solution_errors().items()}
+            values["time/elapsed"] = self.elapsed()
+            self._errors_logged_at = k
+            for logger in self.loggers:
+                logger.log_metrics(values, step=k)
 
     def elapsed(self) -> float:
         """Wall-clock seconds of training so far: from the start of the training loop
