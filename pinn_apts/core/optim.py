@@ -13,6 +13,7 @@ and through Lightning's manual optimization (``self.optimizers().step(closure=..
 from __future__ import annotations
 
 import math
+from functools import partial
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar
@@ -24,15 +25,13 @@ from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from .least_squares import GaussNewtonModel, model_multiplier, model_multiplier_radius, start_multiplier
 from .trust_region import (
     DEFAULT_RADIUS,
-    CGResult,
     FlatDerivatives,
+    StackedCGResult,
     StopReason,
     TrustRegionConfig,
-    capped_radius,
     flat_hvp,
-    reduction_ratio,
-    steihaug_cg,
-    update_radius,
+    stacked_steihaug_cg,
+    try_rows,
 )
 
 __all__ = [
@@ -203,37 +202,44 @@ def trust_region_step(
             return float(total(trial.detach())), trial
     if not torch.isfinite(flat_grad).all():
         raise FloatingPointError("non-finite gradient at the current point of the trust-region step")
+    # one row (R = 1) of the row-wise step: the loss, radius and ratio in float64, the solve in the
+    # gradient's dtype; the trial loss's graph kept for the caller
+    row = partial(torch.tensor, dtype=torch.float64, device=start.device)
+    loss_row, trial_graph = row([loss_value]), [None]
     if exact:
-        solve = model.solve
+        def solve(radii: Tensor) -> StackedCGResult:
+            return StackedCGResult.of_rows([model.solve(float(radii[0]))])
     else:
         hvp = local_hvp if reduce is None else (lambda v: reduce(local_hvp(v)))
 
-        def solve(radius: float) -> CGResult:
-            return steihaug_cg(flat_grad, hvp, radius, max_iter=config.cg_max_iter, damping=config.damping,
-                               rtol=config.cg_rtol)
+        def solve(radii: Tensor) -> StackedCGResult:
+            return stacked_steihaug_cg(flat_grad.unsqueeze(0), lambda v: hvp(v[0]).unsqueeze(0),
+                                       radii.to(flat_grad.dtype), max_iter=config.cg_max_iter,
+                                       damping=config.damping, rtol=config.cg_rtol)
+
+    def trial_losses(steps: Tensor, finite: Tensor) -> Tensor:
+        value, trial_graph[0] = trial_loss_at(start + steps[0]) if bool(finite[0]) else (math.nan, None)
+        return row([value])
+
     tries = cg_iterations = non_finite = 0
     while True:
         tries += 1
-        result = solve(radius)
+        tried = try_rows(loss_row, solve, trial_losses, row([radius]), cap, config)
+        result, trial_loss, rho = tried.result.row(0), float(tried.trial[0]), float(tried.rho[0])
         cg_iterations += result.iterations
-        trial_loss, trial = math.nan, None
-        if result.reason != StopReason.NON_FINITE:
-            trial_loss, trial = trial_loss_at(start + result.step)
         non_finite += not math.isfinite(trial_loss)
-        rho = reduction_ratio(loss_value - trial_loss, result.predicted_reduction)
-        accepted, new_radius = update_radius(radius, rho, result.hits_boundary, config)
-        if accepted:
+        if bool(tried.accepted[0]):
             if derivatives is not None:  # the trial point was never set on the parameters
                 with torch.no_grad():
                     vector_to_parameters(start + result.step, params)
             info = StepInfo(loss_value, trial_loss, True, tries, cg_iterations, result.reason,
-                            capped_radius(new_radius, True, cap, config), rho, float(result.step.norm()),
+                            float(tried.radii[0]), rho, float(result.step.norm()),
                             result.predicted_reduction, non_finite, *_carried(model if exact else None))
-            return info, trial
+            return info, trial_graph[0]
         if derivatives is None:  # back from the trial point
             with torch.no_grad():
                 vector_to_parameters(start, params)
-        at_floor, radius = radius <= config.min_radius, new_radius
+        at_floor, radius = radius <= config.min_radius, float(tried.radii[0])
         if at_floor or not retry:
             info = StepInfo(loss_value, loss_value, False, tries, cg_iterations, result.reason,
                             radius, rho, 0.0, 0.0, non_finite, *_carried(model if exact else None))

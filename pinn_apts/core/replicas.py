@@ -11,7 +11,6 @@ exactly what :func:`~pinn_apts.core.apts.local_solves` does one replica at a tim
 
 from __future__ import annotations
 
-import math
 from functools import partial
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,10 +27,8 @@ from .trust_region import (
     GraphDerivatives,
     StopReason,
     TrustRegionConfig,
-    capped_radius,
-    reduction_ratio,
     stacked_steihaug_cg,
-    update_radius,
+    try_rows,
 )
 
 __all__ = [
@@ -252,17 +249,16 @@ def batched_local_solves(
                                      "at the current point of the trust-region step")
 
         if exact:
-            cg = models.solve(radii)
-            carried, carried_radii = models.multipliers, models.multiplier_radii
+            solve = models.solve
         else:
-            cg = stacked_steihaug_cg(flat_grad, partial(derivatives.hvp, current), radii, max_iter=config.cg_max_iter,
-                                     damping=config.damping, rtol=config.cg_rtol)
-        trial_values = derivatives.loss(current + cg.step)
-        pred = cg.predicted_reduction
-        # as trust_region_step does for one subproblem: a non-finite product rejects the step
-        rho = torch.where(cg.non_finite, -math.inf, reduction_ratio(loss_values - trial_values.detach(), pred))
-        accept, radii = update_radius(radii, rho, cg.hits_boundary, config)
-        radii = capped_radius(radii, accept, local_cap, config)
+            solve = partial(stacked_steihaug_cg, flat_grad, partial(derivatives.hvp, current),
+                            max_iter=config.cg_max_iter, damping=config.damping, rtol=config.cg_rtol)
+        # every row's trial loss in one evaluation: a non-finite solve's row is rejected by its ratio
+        tried = try_rows(loss_values, solve, lambda steps, finite: derivatives.loss(current + steps).detach(),
+                         radii, local_cap, config)
+        if exact:
+            carried, carried_radii = models.multipliers, models.multiplier_radii
+        cg, accept, radii, pred = tried.result, tried.accepted, tried.radii, tried.result.predicted_reduction
         current = torch.where(accept.unsqueeze(1), current + cg.step, current)
         result.local_steps += num
         result.local_accepted += int(accept.sum())

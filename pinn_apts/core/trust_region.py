@@ -35,6 +35,7 @@ __all__ = [
     "StackedCGResult",
     "StopReason",
     "TrustRegionConfig",
+    "Tried",
     "boundary_step",
     "capped_radius",
     "check_choice",
@@ -44,6 +45,7 @@ __all__ = [
     "stacked_boundary_roots",
     "stacked_steihaug_cg",
     "steihaug_cg",
+    "try_rows",
     "update_radius",
 ]
 
@@ -427,6 +429,43 @@ def capped_radius(
         return float(capped_radius(torch.tensor(float(radius), dtype=torch.float64), torch.tensor(bool(accepted)),
                                    cap, config))
     return torch.where(accepted, radius.clamp(max=cap), radius).clamp(min=config.min_radius)
+
+
+@dataclass(frozen=True)
+class Tried:
+    """One trust-region try on ``R`` rows (:func:`try_rows`): the solves, the trial losses (``nan``
+    where a solve was non-finite and its trial not evaluated), the ratios, which rows are accepted
+    and the rows' radii after the test."""
+
+    result: StackedCGResult
+    trial: Tensor
+    rho: Tensor
+    accepted: Tensor
+    radii: Tensor
+
+
+def try_rows(
+    loss: Tensor,
+    solve: Callable[[Tensor], StackedCGResult],
+    trial_losses: Callable[[Tensor, Tensor], Tensor],
+    radii: Tensor,
+    cap: float,
+    config: TrustRegionConfig,
+) -> Tried:
+    """One try of a trust-region step on ``R`` independent rows: the step TR and Stage II take with
+    ``R = 1`` (retried, shrunken, until accepted), and batched Stage I with one row per replica.
+
+    ``loss`` ``(R,)``: the rows' losses at their current points.  ``solve(radii)`` solves the rows'
+    subproblems (Steihaug CG, or exactly).  ``trial_losses(steps, finite)`` gives the losses at the
+    current points plus ``steps`` ``(R, P)``, where ``finite`` (``(R,)``) says the solve was finite
+    (it may leave the others ``nan``).  A non-finite solve or trial loss rejects its row
+    (:func:`reduction_ratio`); the radii follow :func:`update_radius`, an accepted row's kept at most
+    ``cap`` (:func:`capped_radius`)."""
+    result = solve(radii)
+    trial = trial_losses(result.step, ~result.non_finite)
+    rho = torch.where(result.non_finite, -math.inf, reduction_ratio(loss - trial, result.predicted_reduction))
+    accepted, new = update_radius(radii, rho, result.hits_boundary, config)
+    return Tried(result, trial, rho, accepted, capped_radius(new, accepted, cap, config))
 
 
 class FlatDerivatives(Protocol):
