@@ -296,3 +296,30 @@ def test_one_subproblem_matches_the_scalar_reference(seed, n, kind, radius, max_
     assert (result.iterations, result.reason) == (iterations, reason)
     assert torch.allclose(result.step, step, rtol=1e-9, atol=1e-12 * max(1.0, float(step.norm())))
     assert result.predicted_reduction == pytest.approx(predicted, rel=1e-9, abs=1e-12)
+
+
+def test_one_try_on_rows_judges_each_row_on_its_own():
+    """try_rows: a row whose step reached the boundary and did better than predicted is accepted and its
+    radius grows to at most the cap; a row that did worse is rejected and shrunk; a row whose solve was
+    non-finite is rejected without its trial loss being asked for."""
+    from pinn_apts.core.trust_region import StackedCGResult, try_rows
+
+    config = TrustRegionConfig()
+    codes = {reason: i for i, reason in enumerate(StopReason)}
+    result = StackedCGResult(
+        torch.tensor([[0.5, 0.0], [0.0, 0.25], [math.nan, 0.0]], dtype=torch.float64),
+        torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64), torch.tensor([2, 3, 1]),
+        torch.tensor([codes[StopReason.BOUNDARY], codes[StopReason.CONVERGED], codes[StopReason.NON_FINITE]]))
+    asked = []
+
+    def trial_losses(steps, finite):
+        asked.append(finite.tolist())
+        return torch.where(finite, torch.tensor([1.0, 2.95, 0.0], dtype=torch.float64), math.nan)
+
+    radii = torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64)
+    tried = try_rows(torch.full((3,), 3.0, dtype=torch.float64), lambda r: result, trial_losses, radii, 0.8, config)
+    assert asked == [[True, True, False]]
+    assert tried.accepted.tolist() == [True, False, False]
+    assert tried.rho[0] == 2.0 and tried.rho[2] == -math.inf and math.isnan(tried.trial[2])
+    # grown by 2 to 1.0, capped at 0.8; the rejected shrunk by half
+    assert tried.radii.tolist() == [0.8, 0.25, 0.25]
