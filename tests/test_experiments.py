@@ -12,6 +12,30 @@ from pinn_apts.paper.provenance import source_state
 from pinn_apts.training.cli import CONFIG_DIR
 
 
+def killed_at(step):
+    """A ``PINNModule.on_train_batch_end`` that kills the run (no graceful stop) at global step ``step``."""
+    from pinn_apts.training.module import PINNModule
+
+    original = PINNModule.on_train_batch_end
+
+    def hook(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        if self.trainer.global_step == step:
+            raise RuntimeError("killed")
+    return hook
+
+
+def run_killed(monkeypatch, step, *args, **kwargs):
+    """``run_one(*args, **kwargs)`` killed at global step ``step``, then the hook restored."""
+    from pinn_apts.training.module import PINNModule
+
+    original = PINNModule.on_train_batch_end
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", killed_at(step))
+    with pytest.raises(RuntimeError, match="killed"):
+        run_one(*args, **kwargs)
+    monkeypatch.setattr(PINNModule, "on_train_batch_end", original)
+
+
 def test_an_interrupted_run_writes_no_results_file(tmp_path, monkeypatch):
     """A fit stopped early (a SIGTERM or Ctrl-C makes Lightning shut down gracefully and return) is no
     result: once such a file was written with 380 of 2000 iterations as if complete."""
@@ -34,7 +58,6 @@ def test_a_run_killed_half_way_resumes_from_its_last_checkpoint_bit_for_bit(tmp_
     """A killed run (no graceful stop: the session ended) resumes from the checkpoint it saved every
     RESUME_EVERY iterations and ends as the uninterrupted run does; other code or settings start over."""
     import pinn_apts.paper.experiments as experiments
-    from pinn_apts.training.module import PINNModule
 
     def curves(record):  # all but the seconds, with the steps of those
         times = [step for step, _ in record["curves"]["time/iteration"]]
@@ -44,21 +67,9 @@ def test_a_run_killed_half_way_resumes_from_its_last_checkpoint_bit_for_bit(tmp_
                                   tmp_path / "logs_straight").read_text())
     assert curves(straight)[0] == list(range(6))
     monkeypatch.setattr(experiments, "RESUME_EVERY", 2)
-    original = PINNModule.on_train_batch_end
-
-    def killed_at(step):
-        def hook(self, *args, **kwargs):
-            original(self, *args, **kwargs)
-            if self.trainer.global_step == step:
-                raise RuntimeError("killed")
-        return hook
-
     out, logs = tmp_path / "out", tmp_path / "logs"
-    monkeypatch.setattr(PINNModule, "on_train_batch_end", killed_at(5))
-    with pytest.raises(RuntimeError, match="killed"):
-        run_one("heat", "apts_d2", 1, 6, out, CONFIG_DIR, logs)
+    run_killed(monkeypatch, 5, "heat", "apts_d2", 1, 6, out, CONFIG_DIR, logs)
     assert not list(out.glob("*")) and (logs / "heat_apts_d2_s1" / "resume" / "last.ckpt").exists()
-    monkeypatch.setattr(PINNModule, "on_train_batch_end", original)
     resumed = json.loads(run_one("heat", "apts_d2", 1, 6, out, CONFIG_DIR, logs).read_text())
     assert resumed["resumed_at"] == 4 and "resumed_at" not in straight
     assert curves(resumed) == curves(straight)  # every step, bit for bit
@@ -67,17 +78,11 @@ def test_a_run_killed_half_way_resumes_from_its_last_checkpoint_bit_for_bit(tmp_
     assert not (logs / "heat_apts_d2_s1" / "resume").exists()  # removed with the file written
 
     # a checkpoint of other settings (here the planned run length), or whose curves are missing, is not resumed
-    monkeypatch.setattr(PINNModule, "on_train_batch_end", killed_at(3))
-    with pytest.raises(RuntimeError, match="killed"):
-        run_one("heat", "apts_d2", 1, 6, tmp_path / "other", CONFIG_DIR, logs, schedule=8)
-    monkeypatch.setattr(PINNModule, "on_train_batch_end", original)
+    run_killed(monkeypatch, 3, "heat", "apts_d2", 1, 6, tmp_path / "other", CONFIG_DIR, logs, schedule=8)
     other = json.loads(run_one("heat", "apts_d2", 1, 6, tmp_path / "other", CONFIG_DIR, logs).read_text())
     assert "resumed_at" not in other and curves(other) == curves(straight)
-    monkeypatch.setattr(PINNModule, "on_train_batch_end", killed_at(3))
-    with pytest.raises(RuntimeError, match="killed"):
-        run_one("heat", "apts_d2", 1, 6, tmp_path / "cut", CONFIG_DIR, logs)
+    run_killed(monkeypatch, 3, "heat", "apts_d2", 1, 6, tmp_path / "cut", CONFIG_DIR, logs)
     (logs / "heat_apts_d2_s1" / "resume" / "curves.jsonl").write_text("")
-    monkeypatch.setattr(PINNModule, "on_train_batch_end", original)
     cut = json.loads(run_one("heat", "apts_d2", 1, 6, tmp_path / "cut", CONFIG_DIR, logs).read_text())
     assert "resumed_at" not in cut and curves(cut) == curves(straight)
 
@@ -87,7 +92,6 @@ def test_a_long_run_keeps_its_error_points_and_resumes_on_them(tmp_path, monkeyp
     """log_every > 1 (a budget run): the curves keep every log_every-th iteration and the last, with the
     wall-clock seconds rising; killed, the run resumes from its checkpoint and ends bit for bit."""
     import pinn_apts.paper.experiments as experiments
-    from pinn_apts.training.module import PINNModule
 
     def curves(record):
         return {key: curve for key, curve in record["curves"].items() if not key.startswith("time/")}
@@ -101,17 +105,7 @@ def test_a_long_run_keeps_its_error_points_and_resumes_on_them(tmp_path, monkeyp
     assert all(0 < a < b for a, b in zip(elapsed, elapsed[1:])) and elapsed[-1] <= straight["elapsed_seconds"]
     assert straight["hparams"]["log_every"] == 3
     monkeypatch.setattr(experiments, "RESUME_EVERY", 2)  # a checkpoint every 2 * 3 iterations
-    original = PINNModule.on_train_batch_end
-
-    def killed(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        if self.trainer.global_step == 10:
-            raise RuntimeError("killed")
-
-    monkeypatch.setattr(PINNModule, "on_train_batch_end", killed)
-    with pytest.raises(RuntimeError, match="killed"):
-        run_one("heat", "adam", 0, 14, tmp_path / "b", CONFIG_DIR, tmp_path / "lb", log_every=3)
-    monkeypatch.setattr(PINNModule, "on_train_batch_end", original)
+    run_killed(monkeypatch, 10, "heat", "adam", 0, 14, tmp_path / "b", CONFIG_DIR, tmp_path / "lb", log_every=3)
     resumed = json.loads(run_one("heat", "adam", 0, 14, tmp_path / "b", CONFIG_DIR, tmp_path / "lb",
                                  log_every=3).read_text())
     assert resumed["resumed_at"] == 6 and curves(resumed) == curves(straight)
@@ -143,17 +137,8 @@ def test_a_budget_run_stops_at_its_seconds_resumes_on_its_clock_and_reruns_on_it
     assert gaps and all(gap == 0.0 for gap in gaps.values())
 
     monkeypatch.setattr(experiments, "RESUME_EVERY", 2)  # a checkpoint every 2 * 3 iterations
-    original = PINNModule.on_train_batch_end
-
-    def killed(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        if self.trainer.global_step == 10:
-            raise RuntimeError("killed")
-
-    monkeypatch.setattr(PINNModule, "on_train_batch_end", killed)
-    with pytest.raises(RuntimeError, match="killed"):
-        run_one("heat", "adam", 0, planned, tmp_path / "b", CONFIG_DIR, tmp_path / "lb", log_every=3, seconds=seconds)
-    monkeypatch.setattr(PINNModule, "on_train_batch_end", original)
+    run_killed(monkeypatch, 10, "heat", "adam", 0, planned, tmp_path / "b", CONFIG_DIR, tmp_path / "lb",
+               log_every=3, seconds=seconds)
     resumed = json.loads(run_one("heat", "adam", 0, planned, tmp_path / "b", CONFIG_DIR, tmp_path / "lb",
                                  log_every=3, seconds=seconds).read_text())
     assert resumed["resumed_at"] == 6 and resumed["stopped_by"] == "max_seconds"
