@@ -170,6 +170,25 @@ def test_logs_figure_and_checkpoint(tmp_path):
     assert elapsed[0] >= events.Scalars("time/iteration")[0].value
 
 
+def test_a_run_stopped_early_logs_its_last_iterates_errors(tmp_path):
+    """A run stopped before its planned last iteration (a time budget, a graceful stop: a callback sets
+    should_stop) logs the solution errors of the iterate it ends on, as the planned last does."""
+    from lightning.pytorch.callbacks import Callback
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    class StopAfterFive(Callback):
+        def on_train_batch_end(self, trainer, *args, **kwargs):
+            trainer.should_stop = trainer.global_step == 5
+
+    module = AdamPINN(problem="heat", log_every=3)
+    fit(module, "heat", 12, tmp_path, logger=TensorBoardLogger(str(tmp_path), name="run"), callbacks=[StopAfterFive()])
+    events = EventAccumulator(str(tmp_path / "run" / "version_0"), size_guidance={"scalars": 0}).Reload()
+    assert [e.step for e in events.Scalars("error/rel_l2")] == [0, 3, 4]
+    assert events.Scalars("error/rel_l2")[-1].value == pytest.approx(float(module.solution_errors()["error/rel_l2"]),
+                                                                     rel=1e-6)
+    assert [e.step for e in events.Scalars("time/elapsed")][-2:] == [4, 4]  # the iteration's, and the stop's
+
+
 def test_progress_bar_labels_are_not_tensorboard_tags(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
