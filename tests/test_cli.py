@@ -39,9 +39,10 @@ def test_gauss_newton_configs_are_the_papers_but_for_the_local_curvature(pde):
     assert variant == paper and "local_curvature" not in paper["model"]["init_args"]
 
 
-def test_the_resolution_probe_is_least_squares_tr_but_for_the_interior_points():
-    base = yaml.safe_load((CONFIG_DIR / "least_squares" / "burgers_tr.yaml").read_text())
-    probe = yaml.safe_load((CONFIG_DIR / "least_squares_10k" / "burgers_tr.yaml").read_text())
+@pytest.mark.parametrize("name", ["burgers_tr.yaml", "burgers_apts_d4.yaml"])
+def test_the_resolution_probe_is_the_least_squares_config_but_for_the_interior_points(name):
+    base = yaml.safe_load((CONFIG_DIR / "least_squares" / name).read_text())
+    probe = yaml.safe_load((CONFIG_DIR / "least_squares_10k" / name).read_text())
     assert probe["data"].pop("early_sizes") == [10000, 800, 50] and probe["data"].pop("late_sizes") == [10000, 100, 100]
     assert probe == base
 
