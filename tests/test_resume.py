@@ -213,3 +213,32 @@ def test_non_finite_trial_losses_are_counted_and_named(caplog):
     assert any("outer iteration 2:" in r.message and "no step was accepted down to min_radius" in r.message
                for r in caplog.records)
     assert all(torch.isfinite(p).all() for p in module.parameters())
+
+
+@pytest.mark.slow
+def test_residual_sampling_resumes_mid_block_on_the_points_it_chose(tmp_path):
+    """Residual sampling chooses each block's points by the residuals at the block's first iteration; the
+    checkpoint keeps them, so a run resumed inside a block (iteration 6 of the block 4-7) chooses the
+    points the uninterrupted run did and ends on the same parameters. The choice is not the uniform one."""
+    def residual_data():
+        return data(resample_every=4, interior_sampling="residual", residual_pool=1000)
+
+    straight = APTSPINN(problem="burgers", seed=1, num_subdomains=2)
+    fast_trainer(10).fit(straight, residual_data())
+    first = APTSPINN(problem="burgers", seed=1, num_subdomains=2)
+    checkpointing(tmp_path, 6).fit(first, data(resample_every=4, interior_sampling="residual", residual_pool=1000,
+                                               total_iterations=10))
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["PINNDataModule"]
+    assert saved["residuals"]["block"] == 1 and saved["residuals"]["values"].shape == (1000,)
+    resumed = APTSPINN(problem="burgers", seed=1, num_subdomains=2)
+    fast_trainer(10).fit(resumed, residual_data(), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert same_parameters(resumed, straight)
+    uniform = APTSPINN(problem="burgers", seed=1, num_subdomains=2)
+    fast_trainer(10).fit(uniform, data(resample_every=4))
+    assert not same_parameters(uniform, straight)
+    # a checkpoint of uniform sampling is not resumed with residual sampling
+    checkpointing(tmp_path / "u", 2).fit(APTSPINN(problem="burgers", seed=1, num_subdomains=2), data(total_iterations=4))
+    with pytest.raises(ValueError, match="data settings"):
+        fast_trainer(4).fit(APTSPINN(problem="burgers", seed=1, num_subdomains=2),
+                            data(interior_sampling="residual", residual_pool=1000),
+                            ckpt_path=str(tmp_path / "u" / "last.ckpt"))

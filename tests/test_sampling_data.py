@@ -1,3 +1,4 @@
+import math
 import numpy as np
 import pytest
 import torch
@@ -91,3 +92,37 @@ def test_datamodule_stream_starts_at_iteration():
     batches = list(dm.train_dataloader())
     assert [b.iteration for b in batches] == list(range(25))
     assert torch.equal(batches[13].interior, dm.sampler.batch(13).interior)
+
+
+def test_residual_sampling_puts_points_where_the_residual_is_large():
+    """RAD: with the residual 100 in a band of 10% of the candidates and 0 elsewhere (floor 1), a point
+    of the band is 11 times as likely as one outside (100 over the mean 10, plus 1): drawn without
+    replacement, about half of the chosen points lie in it. The same rng gives the same points; power 0,
+    or non-finite residuals, choose uniformly (10% in the band)."""
+    from pinn_apts.pde.sampling import ResidualSampling
+
+    candidates = get_problem("burgers").sample_interior(10000, np.random.default_rng(0))
+    band = candidates[:, 1].abs() < 0.1  # x in (-0.1, 0.1): a tenth of [-1, 1]
+    residuals = torch.where(band, 100.0, 0.0).double()
+    sampling = ResidualSampling(pool=10000)
+    chosen = sampling.choose(candidates, residuals, 1000, np.random.default_rng(1))
+    assert chosen.shape == (1000, 2) and len(torch.unique(chosen, dim=0)) == 1000  # without replacement
+    share = float((chosen[:, 1].abs() < 0.1).double().mean())
+    assert 0.4 < share < 0.56
+    assert torch.equal(chosen, sampling.choose(candidates, residuals, 1000, np.random.default_rng(1)))
+    for uniform, values in ((ResidualSampling(power=0.0), residuals), (sampling, residuals * math.nan)):
+        share = float((uniform.choose(candidates, values, 1000, np.random.default_rng(1))[:, 1].abs() < 0.1).double().mean())
+        assert 0.05 < share < 0.15
+    with pytest.raises(ValueError, match=r"residual_pool \(10000\) must be at least N_coll \(20000\)"):
+        sampling.choose(candidates, residuals, 20000, np.random.default_rng(1))
+
+
+def test_residual_sampling_settings_are_checked():
+    with pytest.raises(ValueError, match="interior_sampling must be 'uniform' or 'residual', got 'rar'"):
+        PINNDataModule("burgers", interior_sampling="rar")
+    with pytest.raises(ValueError, match=r"residual_pool must be at least the largest N_coll \(1000\), got 500"):
+        PINNDataModule("burgers", interior_sampling="residual", residual_pool=500)
+    with pytest.raises(ValueError, match="residual_power must be a finite number >= 0, got -1"):
+        PINNDataModule("burgers", interior_sampling="residual", residual_power=-1)
+    with pytest.raises(ValueError, match="residual_floor must be a finite number >= 0, got inf"):
+        PINNDataModule("burgers", interior_sampling="residual", residual_floor=math.inf)

@@ -23,7 +23,7 @@ from .sampling import CollocationBatch
 
 __all__ = [
     "LossData", "LossTerms", "check_loss_finite", "loss_data", "module_terms", "padded_parts", "pinn_loss", "pinn_loss_share",
-    "residual_of", "share_of_data", "stacked_pinn_loss", "terms_of", "weighted_parts", "weighted_residuals",
+    "point_residuals", "residual_of", "share_of_data", "stacked_pinn_loss", "terms_of", "weighted_parts", "weighted_residuals",
 ]
 
 
@@ -104,10 +104,20 @@ def terms_of(parts: tuple[Tensor, Tensor, Tensor]) -> LossTerms:
 def module_terms(u: Callable[[Tensor], Tensor], problem: PDEProblem, data: LossData) -> LossTerms:
     """The loss terms of a network module on ``data``: an MLP propagates the input derivatives forward
     (cheaper), any other network by autograd; the initial and boundary points share one forward pass."""
-    points = data.interior
-    jet = u.jet(points) if hasattr(u, "jet") else AutogradJet(u, points)
     edge = u(torch.cat([data.initial, data.boundary])).squeeze(-1)
-    return terms_of(weighted_parts(residual_of(problem, jet).squeeze(-1), edge, data))
+    return terms_of(weighted_parts(residual_of(problem, _jet(u, data.interior)).squeeze(-1), edge, data))
+
+
+def _jet(u: Callable[[Tensor], Tensor], points: Tensor) -> Jet:
+    """An MLP propagates the input derivatives forward (cheaper), any other network by autograd."""
+    return u.jet(points) if hasattr(u, "jet") else AutogradJet(u, points)
+
+
+def point_residuals(u: Callable[[Tensor], Tensor], problem: PDEProblem, points: Tensor) -> Tensor:
+    """The PDE residual of the network ``u`` at each of ``points``, ``(N,)``, without a graph (the
+    density of residual-based sampling, :class:`~pinn_apts.pde.sampling.ResidualSampling`)."""
+    with torch.enable_grad():  # autograd jets differentiate with respect to the points
+        return residual_of(problem, _jet(u, points)).squeeze(-1).detach()
 
 
 def pinn_loss(

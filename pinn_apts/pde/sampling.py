@@ -4,7 +4,9 @@ Everything is a pure function of ``(seed, outer iteration k)``: the interior set
 of iteration ``k`` is drawn from the seed and the resampling block ``k // r``,
 and the partition of iteration ``k`` from the seed and ``k``.  A resumed run, a
 distributed run and an uninterrupted single-process run therefore see the same
-points.
+points.  Residual-based sampling (:class:`ResidualSampling`) adds one input, the network's
+residuals at a pool of candidates drawn from ``(seed, k // r)``, which the data module
+evaluates at the first iteration of each block and keeps in its checkpoints.
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ __all__ = [
     "CollocationBatch",
     "CollocationSampler",
     "Curriculum",
+    "ResidualSampling",
     "partition_collocation",
 ]
 
 # Independent random streams derived from one seed (numpy SeedSequence spawn keys).
 INTERIOR_STREAM = 0
 PARTITION_STREAM = 1
+RESIDUAL_POOL_STREAM = 2
+RESIDUAL_CHOICE_STREAM = 3
 
 
 def _check_sizes(name: str, sizes: tuple[int, int, int], min_bc: int) -> tuple[int, int, int]:
@@ -60,6 +65,51 @@ class Curriculum:
 
     def sizes(self, iteration: int, total_iterations: int) -> tuple[int, int, int]:
         return self.early if iteration < self.switch_iteration(total_iterations) else self.late
+
+
+@dataclass(frozen=True)
+class ResidualSampling:
+    """Residual-based adaptive distribution of the interior set (RAD; C. Wu, M. Zhu, Q. Tan, Y. Kartha
+    & L. Lu, "A comprehensive study of non-adaptive and residual-based adaptive sampling for
+    physics-informed neural networks", CMAME 403, 2023).
+
+    At each resampling, ``pool`` candidates are drawn uniformly from the domain, and the ``N_coll``
+    points of the block are chosen among them without replacement with probability proportional to
+    ``|eps|^power / mean(|eps|^power) + floor``, ``eps`` the PDE residual of the current network at
+    the candidate: points go where the network is wrong (a shock), with ``floor`` keeping a share
+    spread over the whole domain.  ``power = 1, floor = 1`` are the defaults the study found good
+    across its problems; ``power = 0`` or a large ``floor`` is uniform sampling again.  Residuals that
+    are not finite or all zero, or fewer non-zero probabilities than points (``floor = 0``), give a
+    uniform choice.
+    """
+
+    pool: int = 10000
+    power: float = 1.0
+    floor: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_int("residual_pool", self.pool)
+        for name, value in (("residual_power", self.power), ("residual_floor", self.floor)):
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    def probabilities(self, residuals: Tensor) -> np.ndarray | None:
+        """The choice probabilities of the candidates with these ``residuals``; ``None``: uniform."""
+        density = residuals.detach().to(torch.float64).abs().pow(self.power).cpu().numpy()
+        if not np.isfinite(density).all() or density.max() == 0:
+            return None
+        density = density / density.mean() + self.floor
+        return density / density.sum()
+
+    def choose(self, candidates: Tensor, residuals: Tensor, n: int, rng: np.random.Generator) -> Tensor:
+        """``n`` of ``candidates`` (``(pool, 2)``) drawn by their ``residuals`` (``(pool,)``)."""
+        if n > len(candidates):
+            raise ValueError(f"residual_pool ({len(candidates)}) must be at least N_coll ({n})")
+        p = self.probabilities(residuals)
+        if p is not None and np.count_nonzero(p) < n:
+            p = None
+        chosen = rng.choice(len(candidates), size=n, replace=False, p=p)
+        return candidates[torch.from_numpy(chosen)]
 
 
 def partition_collocation(num_points: int, num_parts: int, rng: np.random.Generator) -> list[Tensor]:
@@ -173,6 +223,22 @@ class CollocationSampler:
         initial, initial_values = self._grid("initial", n_ic)
         boundary, boundary_values = self._grid("boundary", n_bc)
         return CollocationBatch(iteration, interior, initial, initial_values, boundary, boundary_values, self.seed)
+
+    def block(self, iteration: int) -> int:
+        """The resampling block of outer iteration ``k``: ``k // r``."""
+        return iteration // self.resample_every
+
+    def candidates(self, iteration: int, pool: int) -> Tensor:
+        """The ``pool`` uniform candidates of iteration ``k``'s block for residual-based sampling (float64)."""
+        return self.problem.sample_interior(pool, self._rng(RESIDUAL_POOL_STREAM, self.block(iteration)))
+
+    def residual_batch(self, batch: CollocationBatch, sampling: ResidualSampling, residuals: Tensor) -> CollocationBatch:
+        """``batch`` with its interior set chosen from its block's candidates by ``residuals`` (theirs, at the
+        block's first iteration): as many points, drawn from ``(seed, block, N_coll)``."""
+        n = len(batch.interior)
+        rng = np.random.default_rng([self.seed, RESIDUAL_CHOICE_STREAM, self.block(batch.iteration), n])
+        chosen = sampling.choose(self.candidates(batch.iteration, sampling.pool), residuals, n, rng)
+        return replace(batch, interior=chosen.to(device=batch.interior.device, dtype=batch.interior.dtype))
 
     def partition(self, iteration: int, num_parts: int) -> list[Tensor]:
         """The random partition of ``C_k`` into ``num_parts`` index sets at iteration ``k``."""
