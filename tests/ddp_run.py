@@ -3,6 +3,7 @@
     python tests/ddp_run.py --devices 2 --subdomains 4 --replicas sequential --steps 10 --out theta.pt
     python tests/ddp_run.py --devices 2 --compile on --steps 6 --out theta.pt   # compiled steps across processes
     python tests/ddp_run.py --devices 2 --least-squares --out theta.pt       # exact Gauss–Newton steps
+    python tests/ddp_run.py --devices 2 --residual-sampling --out theta.pt   # interior points by the residual
 
 Rank 0 saves the final parameters, radius and counters to ``--out``.
 """
@@ -24,6 +25,7 @@ if __name__ == "__main__":
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--coherent", action="store_true", help="first-order coherent local objectives")
     parser.add_argument("--least-squares", action="store_true", help="both stages' Gauss–Newton models solved exactly")
+    parser.add_argument("--residual-sampling", action="store_true", help="interior points chosen by the residual")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -36,7 +38,8 @@ if __name__ == "__main__":
     # the eigenbasis of J J^T and several that of J^T J: both exact, equal to the problem's conditioning)
     sizes = dict(early_sizes=(800, 100, 40), late_sizes=(800, 100, 60)) if args.least_squares else \
         dict(early_sizes=(400, 100, 40), late_sizes=(400, 50, 50))
-    data = PINNDataModule(args.problem, seed=3, **sizes)
+    sampling = dict(interior_sampling="residual", residual_pool=2000, resample_every=4) if args.residual_sampling else {}
+    data = PINNDataModule(args.problem, seed=3, **sizes, **sampling)
     trainer = L.Trainer(
         max_steps=args.steps, precision="64-true", logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=args.devices,

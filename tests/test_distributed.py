@@ -17,21 +17,26 @@ pytestmark = pytest.mark.ddp
 SCRIPT = Path(__file__).with_name("ddp_run.py")
 
 
-def run(tmp_path, devices, replicas="sequential", subdomains=4, coherent=False, least_squares=False, steps=10):
-    out = tmp_path / f"w{devices}_{replicas}_{subdomains}_{coherent}_{least_squares}_{steps}.pt"
+def run(tmp_path, devices, replicas="sequential", subdomains=4, coherent=False, least_squares=False, steps=10,
+        residual_sampling=False):
+    out = tmp_path / f"w{devices}_{replicas}_{subdomains}_{coherent}_{least_squares}_{steps}_{residual_sampling}.pt"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--devices", str(devices), "--replicas", replicas,
          "--subdomains", str(subdomains), "--out", str(out), "--steps", str(steps),
-         *(["--coherent"] if coherent else []), *(["--least-squares"] if least_squares else [])],
+         *(["--coherent"] if coherent else []), *(["--least-squares"] if least_squares else []),
+         *(["--residual-sampling"] if residual_sampling else [])],
         capture_output=True, text=True, timeout=600,
     )
     return proc, out
 
 
-@pytest.mark.parametrize("replicas, coherent", [("sequential", False), ("batched", False), ("sequential", True)])
-def test_two_processes_match_one(tmp_path, replicas, coherent):
-    one, out1 = run(tmp_path, 1, replicas, coherent=coherent)
-    two, out2 = run(tmp_path, 2, replicas, coherent=coherent)
+@pytest.mark.parametrize("replicas, coherent, residual_sampling", [
+    ("sequential", False, False), ("batched", False, False), ("sequential", True, False),
+    ("sequential", False, True),  # every rank chooses the same interior points by the residual
+])
+def test_two_processes_match_one(tmp_path, replicas, coherent, residual_sampling):
+    one, out1 = run(tmp_path, 1, replicas, coherent=coherent, residual_sampling=residual_sampling)
+    two, out2 = run(tmp_path, 2, replicas, coherent=coherent, residual_sampling=residual_sampling)
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = torch.load(out1), torch.load(out2)
