@@ -533,7 +533,8 @@ def _in_history(commit: str) -> bool:
     ("budget/heat_adam_s1.json", CONFIG_DIR, 60),
     ("least_squares/heat_tr_s0.json", CONFIG_DIR / "least_squares", 5),
     ("least_squares_10k/burgers_tr_s0.json", CONFIG_DIR / "least_squares_10k", 5),  # its configs: after 6ef9649
-])
+    ("least_squares_rad/burgers_tr_s0.json", CONFIG_DIR / "least_squares_rad", 12),  # the points of iteration 10:
+])                                                                                     # chosen by theta_10's residuals
 def test_a_committed_results_file_reruns_bit_for_bit_with_the_code_of_its_commit(tmp_path, capfd, name, configs,
                                                                                  iterations):
     """The promise a results file makes: the first outer iterations of a committed run, rerun from its
@@ -609,7 +610,7 @@ def test_check_refuses_a_file_without_a_commit_and_a_missing_file(tmp_path, caps
 # one glob per experiment: each PDE's matrix, the Gauss-Newton runs, the budget runs and the least-squares study
 @pytest.mark.repro
 @pytest.mark.parametrize("pattern", ["burgers_*", "heat_*", "laplace_*", "gauss_newton/*", "budget/*",
-                                     "least_squares/*", "least_squares_10k/*"])
+                                     "least_squares/*", "least_squares_10k/*", "least_squares_rad/*"])
 def test_committed_results_come_from_one_clean_commit_of_main(pattern):
     records = [json.loads(path.read_text()) for path in COMMITTED.glob(f"{pattern}.json")]
     commits = {record.get("provenance", {}).get("commit") for record in records}
