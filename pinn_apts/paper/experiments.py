@@ -27,7 +27,7 @@ budget (:data:`BUDGET_SECONDS`), stopped after the outer iteration at which its 
 planned in ``budget.json`` beside this module: a number of outer iterations, :data:`BUDGET_MARGIN`
 times the number that fills the budget at the fastest seconds per iteration measured
 (``--calibrate``, or whole budget runs); the curriculum switches at 30% of that planned number, as
-in a matrix run (so later in a run's seconds: about half way), and the run ends at the budget or at the planned
+in a matrix run (so later in a run's seconds: 40-65% of them here), and the run ends at the budget or at the planned
 number, whichever comes first.  A results file records both (``schedule``, ``iterations``) and
 reproduces bit for bit like any other: ``--check`` reruns its first iterations on its schedule.  Long
 runs keep about :data:`BUDGET_POINTS` points per curve: the error is evaluated, and the scalars
