@@ -22,6 +22,7 @@ import pickle
 import re
 import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,7 @@ class FaultReport(Callback):
         # found now, while every process is there: trainer.log_dir is a collective under DDP
         self.run_dir = Path(trainer.log_dir) if trainer.loggers else None
         self.checkpoints = last_checkpoint_paths(trainer)
+        _spare_the_launching_process()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if trainer.world_size < 2 or not _collective_failure(exception):
@@ -169,6 +171,18 @@ class FaultReport(Callback):
         else:
             lines.append("no checkpoint was written before: start the run again")
         return "; ".join(lines)
+
+
+def _spare_the_launching_process() -> None:
+    """Lightning's child-process observer (a thread of its subprocess launcher, on rank 0) polls the peers
+    every 5 s and, finding one dead, SIGKILLs them all and this process too: a race with the broken
+    collective that brings this process the fault message and exit status 3 (lost once in CI,
+    2026-12-07).  It keeps killing the other peers, not this process, which ends by itself on the broken
+    collective.  (Lightning 2.6: ``_ChildProcessObserver._terminate_all``; a later version may change it.)"""
+    for thread in threading.enumerate():
+        children = getattr(thread, "_child_processes", None)
+        if thread.name == "child-process-observer" and children is not None:
+            thread._terminate_all = lambda children=children: [p.kill() for p in children if p.poll() is None]
 
 
 def _collective_failure(exception: BaseException) -> bool:
