@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any, Literal
 
 import lightning as L
@@ -101,6 +102,8 @@ class PINNDataModule(L.LightningDataModule):
                 raise ValueError(f"residual_pool must be at least the largest N_coll ({most}), got {residual_pool}")
         #: residual sampling: the block whose candidates' residuals are kept, and those residuals
         self._residuals: tuple[int, torch.Tensor] | None = None
+        #: residual sampling: the interior set chosen for (block, N_coll), the same at every iteration of the block
+        self._chosen: tuple[tuple[int, int], torch.Tensor] | None = None
         self.sampler: CollocationSampler | None = None
 
     def _max_steps(self) -> int | None:
@@ -148,7 +151,11 @@ class PINNDataModule(L.LightningDataModule):
             candidates = self.sampler.candidates(batch.iteration, self.residual_sampling.pool)
             residuals = point_residuals(net, self.problem, candidates.to(device=batch.interior.device, dtype=dtype))
             self._residuals = (block, residuals.to("cpu", torch.float64))
-        return self.sampler.residual_batch(batch, self.residual_sampling, self._residuals[1])
+        key = (block, len(batch.interior))
+        if self._chosen is None or self._chosen[0] != key:
+            chosen = self.sampler.residual_batch(batch, self.residual_sampling, self._residuals[1])
+            self._chosen = (key, chosen.interior)
+        return replace(batch, interior=self._chosen[1])
 
     # ------------------------------------------------------------ checkpoints
     def _settings(self) -> dict[str, Any]:
@@ -180,6 +187,7 @@ class PINNDataModule(L.LightningDataModule):
         planned = state.pop("total_iterations", None)
         residuals = state.pop("residuals", None)
         self._residuals = None if residuals is None else (int(residuals["block"]), residuals["values"])
+        self._chosen = None
         state.setdefault("interior_sampling", "uniform")  # checkpoints from before residual sampling
         refuse_other_settings("data settings", "data", state, self._settings())
         if planned is None or self.sampler is None or planned == self.sampler.total_iterations:
