@@ -6,6 +6,7 @@ import pytest
 
 from pinn_apts.paper.report import main as report_main
 from pinn_apts.paper.timeview import (
+    catch_up_table,
     check_one_machine,
     error_at,
     plot_time,
@@ -39,6 +40,20 @@ RUNS = [
     record("tr", 2, [1, 5, 40, 45], [1e-2, 2e-3, 1e-3, 9e-4]),
     record("tr", 3, [3, 10, 20, 30], [1e-2, 5e-3, 3e-3, 2e-3]),
 ]
+
+
+def test_catch_up_says_how_soon_each_method_reaches_the_references_final_error():
+    # the reference (RUNS) ends at 5e-4, 8e-4, 9e-4, 2e-3: median final 8.5e-4; run lengths 50, 60, 45,
+    # 30: median 47.5 s
+    fast = [record("tr", s, [1, 2, 5], [1e-2, 9e-4, 1e-4]) for s in range(3)]  # 8.5e-4 at 5 s
+    slow = [record("adam", 0, [1, 100], [1e-2, 1e-2])]  # never
+    table = catch_up_table({("heat", "APTS"): RUNS, ("heat", "fast"): fast, ("heat", "slow"): slow,
+                            ("laplace", "fast"): fast}, "APTS")
+    assert "#### heat: seconds to APTS's median final error (0.00085; its median run: 48 s)" in table
+    # the reference's own runs reach 8.5e-4 at 30 and 60 s, two never (final errors above their median)
+    assert "| APTS | 4 | never [52.5, never] (2/4) | — |" in table
+    assert "| fast | 3 | 5 | 9.5 |" in table  # 47.5 / 5 and "| slow | 1 | never (0/1) | — |" in table
+    assert "laplace" not in table  # no reference there
 
 
 def test_seconds_to_reach_and_error_at_a_budget_count_every_run():

@@ -529,13 +529,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.time_beside and not args.time:
         parser.error("--time-beside goes with --time FOLDER ...")
-    from .timeview import plot_time, time_series, time_tables
+    from .timeview import catch_up_table, plot_time, time_series, time_tables
 
     try:
         groups = load_results(args.results)
         variant = load_results(args.compare) if args.compare is not None else None
         series = time_series(args.time, args.time_beside) if args.time else None
         timing = time_tables(series) if series else None
+        if series:  # how soon each method reaches the paper's APTS D = 4 (of the first --time folder)
+            timing += "\n" + catch_up_table(series, f"{LABELS['apts_d4']}, {args.time[0].name}")
     except ValueError as err:
         raise SystemExit(f"report: {err}") from None
     if not groups:
