@@ -103,6 +103,9 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PINNCLI:
     # A checkpoint after outer iteration k holds theta_{k+1} with global_step k+1: exactly the
     # state a resumed run needs, so Lightning's manual-optimization caveat does not apply.
     warnings.filterwarnings("ignore", message=r".*no pre-optimization state was saved.*")
+    # Lightning's loop asks torch whether a tree node is a LeafSpec, which torch 2.13 deprecates: one
+    # line of noise per run that no user of this package can act on
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     if args is not None:
         # args given from Python (the experiment runner, tests) are the whole command line: the
         # caller's own sys.argv is not meant for the CLI, so Lightning's warning about both is noise
