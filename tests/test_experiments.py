@@ -532,6 +532,7 @@ def _in_history(commit: str) -> bool:
     ("budget/heat_tr_s0.json", CONFIG_DIR, 9),  # kept every 4: 0, 4, 8
     ("least_squares/heat_tr_s0.json", CONFIG_DIR / "least_squares", 5),
     ("least_squares_10k/burgers_tr_s0.json", CONFIG_DIR / "least_squares_10k", 5),  # its configs: after 6ef9649
+    ("least_squares_500/heat_tr_s0.json", CONFIG_DIR / "least_squares", 5),
     ("least_squares_rad/burgers_tr_s0.json", CONFIG_DIR / "least_squares_rad", 12),  # the points of iteration 10:
 ])                                                                                     # chosen by theta_10's residuals
 def test_a_committed_results_file_reruns_bit_for_bit_with_the_code_of_its_commit(tmp_path, capfd, name, configs,
@@ -606,10 +607,13 @@ def test_check_refuses_a_file_without_a_commit_and_a_missing_file(tmp_path, caps
     assert "--here and --tolerance go with --check FILE" in capsys.readouterr().err
 
 
-# one glob per experiment: each PDE's matrix, the Gauss-Newton runs, the budget runs and the least-squares study
+# one glob per experiment: each PDE's matrix, the Gauss-Newton runs, the budget runs, the least-squares study
+# and its probes (residual-based sampling: Burgers from one commit, Heat and Laplace from a later one)
 @pytest.mark.repro
 @pytest.mark.parametrize("pattern", ["burgers_*", "heat_*", "laplace_*", "gauss_newton/*", "budget/*",
-                                     "least_squares/*", "least_squares_10k/*", "least_squares_rad/*"])
+                                     "least_squares/*", "least_squares_10k/*", "least_squares_500/*",
+                                     "least_squares_rad/burgers_*", "least_squares_rad/heat_*",
+                                     "least_squares_rad/laplace_*"])
 def test_committed_results_come_from_one_clean_commit_of_main(pattern):
     records = [json.loads(path.read_text()) for path in COMMITTED.glob(f"{pattern}.json")]
     commits = {record.get("provenance", {}).get("commit") for record in records}
