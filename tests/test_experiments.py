@@ -488,6 +488,11 @@ def test_comparison_table_sets_another_configuration_beside_the_matrix():
     ({"a.json": synthetic("tr", 0, 0.1), "b.json": synthetic("tr", 1, 0.1, iterations=50)},
      "burgers tr: runs of 50, 100 outer iterations"),
     ({"a.json": {**synthetic("tr", 0, 0.1), "iterations": 200}}, "a.json: its error curve ends at outer iteration 99 of 200"),
+    # budget runs: each seed stops after its own count; one budget and schedule make one experiment
+    ({"a.json": {**synthetic("tr", 0, 0.1, iterations=50), "schedule": 900, "max_seconds": 600},
+      "b.json": {**synthetic("tr", 1, 0.1), "schedule": 900, "max_seconds": 300},
+      "c.json": {**synthetic("tr", 2, 0.1, iterations=80), "schedule": 900, "max_seconds": 300}},
+     "burgers tr: runs of at most 900 in 300 s, at most 900 in 600 s outer iterations"),
 ])
 def test_the_report_refuses_a_folder_whose_statistics_would_mislead(tmp_path, files, message):
     from pinn_apts.paper.report import load_results

@@ -46,13 +46,22 @@ BEGIN, END = "<!-- report:begin (python -m pinn_apts.paper.report --update docs/
 TIME_BEGIN, TIME_END = "<!-- report:time:begin (python -m pinn_apts.paper.report --time ...) -->", "<!-- report:time:end -->"
 
 
+def _length(record: dict) -> int | str:
+    """What makes runs of one group samples of one experiment: their outer iterations, or for a budget
+    run (stopped by its seconds, each seed after its own count) its budget and planned schedule."""
+    if record.get("max_seconds"):
+        return f"at most {record['schedule']} in {record['max_seconds']:g} s"
+    return record["iterations"]
+
+
 def load_results(folder: Path) -> dict[tuple[str, str], list[dict]]:
     """Results files grouped by (problem, method), each group sorted by seed.
 
     The statistics pool a group's runs as samples of one experiment, so a folder they would
     mislead on is refused (``ValueError`` naming the files): two files of one seed, runs of one
-    group with different numbers of outer iterations, or a file whose error curve stops before
-    its ``iterations`` (a run cut short).
+    group with different numbers of outer iterations (budget runs, which stop at their seconds: a
+    different budget or schedule), or a file whose error curve stops before its ``iterations`` (a
+    run cut short).
     """
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     names: dict[tuple[str, str, int], str] = {}
@@ -70,7 +79,7 @@ def load_results(folder: Path) -> dict[tuple[str, str], list[dict]]:
         groups[record["problem"], record["method"]].append(record)
     for (problem, method), records in groups.items():
         records.sort(key=lambda r: r["seed"])
-        lengths = sorted({r["iterations"] for r in records})
+        lengths = sorted({_length(r) for r in records}, key=lambda v: (type(v).__name__, v))
         if len(lengths) > 1:
             raise ValueError(f"{problem} {method}: runs of {', '.join(map(str, lengths))} outer iterations "
                              f"in {folder}; a group's statistics need runs of one length")
