@@ -101,8 +101,32 @@ def test_print_config_prints_the_embedded_default(tmp_path, monkeypatch, capsys)
     config = yaml.safe_load(capsys.readouterr().out)
     assert config["model"]["class_path"] == "pinn_apts.APTSPINN"
     assert config["model"]["init_args"]["num_subdomains"] == 4
-    assert config["trainer"]["max_steps"] == 2000 and config["trainer"]["precision"] == "64-true"
+    assert config["trainer"]["max_steps"] == 500 and config["trainer"]["precision"] == "64-true"
     assert config["data"]["problem"] == "burgers"
+    # the recommended configuration, whole: a copy of it is the config a user starts from
+    recommended = yaml.safe_load((REPO_CONFIGS / "least_squares_rad" / "burgers_apts_d4.yaml").read_text())
+    assert recommended["model"]["init_args"].items() <= config["model"]["init_args"].items()
+    assert recommended["data"].items() <= config["data"].items()
+
+
+def _settings(cli):
+    return (cli.model.hparams["curvature"], cli.model.hparams["local_subproblem"], cli.model.hparams["damping"],
+            cli.datamodule.residual_sampling is not None, cli.trainer.max_steps)
+
+
+def test_without_a_config_file_fit_trains_the_recommended_configuration_and_with_one_the_files(tmp_path):
+    """Bare `pinn-apts fit` (overrides allowed) trains recommended.yaml on top of default.yaml; a config
+    file starts from default.yaml alone, so that nothing of the recommended one leaks into the paper's
+    configs (or a user's partial one)."""
+    log = ["--trainer.logger=false"]
+    assert _settings(cli_main([*log, "--data.problem=heat"], run=False)) == ("gauss_newton", "exact", 0.0, True, 500)
+    for flag in (["--config", str(REPO_CONFIGS / "heat_apts_d4.yaml")], [f"--config={REPO_CONFIGS / 'heat_apts_d4.yaml'}"],
+                 ["-c", str(REPO_CONFIGS / "heat_apts_d4.yaml")]):
+        assert _settings(cli_main([*flag, *log], run=False)) == ("hessian", "cg", 0.001, False, 2000)
+    partial = tmp_path / "partial.yaml"
+    partial.write_text("model:\n  class_path: pinn_apts.APTSPINN\n  init_args:\n    num_subdomains: 2\n")
+    cli = cli_main(["--config", str(partial), *log], run=False)
+    assert cli.model.num_subdomains == 2 and _settings(cli) == ("hessian", "cg", 0.001, False, 2000)
 
 
 def test_threads_option(tmp_path):

@@ -1,9 +1,11 @@
 """The ``pinn-apts`` command line, built on ``LightningCLI``.
 
-``pinn-apts fit`` trains the embedded default configuration
-(``pinn_apts/configs/default.yaml``); ``pinn-apts fit --config FILE`` any other,
-with overrides such as ``--trainer.max_steps 200``; ``pinn-apts fit
---print_config`` prints the full configuration to start a new one from.
+``pinn-apts fit`` trains the embedded default, the recommended configuration
+(``pinn_apts/configs/recommended.yaml`` on top of ``default.yaml``: least-squares APTS with
+residual-based points, not the paper's method); ``pinn-apts fit --config FILE`` any other,
+which starts from ``default.yaml`` alone (the paper's APTS and the trainer settings every config
+shares), with overrides such as ``--trainer.max_steps 200``; ``pinn-apts fit --print_config``
+prints the full configuration to start a new one from.
 
 Exit status of the console script (:func:`main`): 0 after a finished run; ``128 + N`` after
 a run stopped by signal ``N`` (130 for Ctrl-C, 143 for SIGTERM; ``last.ckpt`` then holds the
@@ -110,19 +112,28 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PINNCLI:
         # args given from Python (the experiment runner, tests) are the whole command line: the
         # caller's own sys.argv is not meant for the CLI, so Lightning's warning about both is noise
         warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")
-    default = str(CONFIG_DIR / "default.yaml")
+    given = sys.argv[1:] if args is None else args
+    # default.yaml, the base of every config file; without one, the recommended configuration on top
+    defaults = [str(CONFIG_DIR / "default.yaml")]
+    if not _names_a_config(given):
+        defaults.append(str(CONFIG_DIR / "recommended.yaml"))
     return PINNCLI(
         PINNModule,
         PINNDataModule,
         subclass_mode_model=True,
         parser_kwargs=(
-            {"fit": {"default_config_files": [default]}} if run else {"default_config_files": [default]}
+            {"fit": {"default_config_files": defaults}} if run else {"default_config_files": defaults}
         ),
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
         args=args,
         run=run,
     )
+
+
+def _names_a_config(args: list[str]) -> bool:
+    """Whether a command line gives a config file (``--config FILE``, ``--config=FILE``, ``-c FILE``)."""
+    return any(arg in ("--config", "-c") or arg.startswith("--config=") for arg in args)
 
 
 def main(args: list[str] | None = None) -> int:
