@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "BUDGETS", "THRESHOLDS", "Trace", "catch_up_table", "check_one_machine", "error_at", "plot_time", "quantiles", "seconds_to_reach",
-    "time_series", "time_tables", "trace",
+    "BUDGETS", "THRESHOLDS", "Trace", "catch_up_table", "check_one_machine", "error_at", "plot_time", "quantiles",
+    "seconds_to_reach", "time_series", "time_tables", "trace",
 ]
 
 #: error levels (relative L2) of the time-to-accuracy tables, by PDE: from where every second-order
@@ -230,8 +230,9 @@ def catch_up_table(series: Series, reference: str) -> str:
         base = series.get((problem, reference))
         if not base:
             continue
-        target = quantiles([float(trace(r).errors[-1]) for r in base])[0]
-        length = quantiles([trace(r).end for r in base])[0]
+        reference_runs = [trace(r) for r in base]
+        target = quantiles([float(run.errors[-1]) for run in reference_runs])[0]
+        length = quantiles([run.end for run in reference_runs])[0]
         lines += [f"#### {problem}: seconds to {reference}'s median final error ({target:.3g}; its median run: "
                   f"{length:.0f} s)", "", "| method | runs | seconds: median [IQR] | times sooner |", "|---|---|---|---|"]
         for (p, label), records in series.items():

@@ -2,8 +2,8 @@
 
 ``pinn-apts fit`` trains the embedded default, the recommended configuration
 (``default.yaml``, then ``least_squares_rad/burgers_apts_d4.yaml`` and ``recommended.yaml``'s 500
-iterations: least-squares APTS with residual-based points, not the paper's method); ``pinn-apts fit --config FILE`` any other,
-which starts from ``default.yaml`` alone (the paper's APTS and the trainer settings every config
+iterations: least-squares APTS with residual-based points, not the paper's method);
+``pinn-apts fit --config FILE`` any other, which starts from ``default.yaml`` alone (the paper's APTS and the trainer settings every config
 shares), with overrides such as ``--trainer.max_steps 200``; ``pinn-apts fit --print_config``
 prints the full configuration to start a new one from.
 
@@ -116,7 +116,8 @@ def cli_main(args: list[str] | None = None, run: bool = True) -> PINNCLI:
     # default.yaml, the base of every config file; without one, the recommended configuration on top
     defaults = [str(CONFIG_DIR / "default.yaml")]
     if not _names_a_config(given):
-        defaults += [str(CONFIG_DIR / "least_squares_rad" / "burgers_apts_d4.yaml"), str(CONFIG_DIR / "recommended.yaml")]
+        defaults += [str(CONFIG_DIR / "least_squares_rad" / "burgers_apts_d4.yaml"),
+                     str(CONFIG_DIR / "recommended.yaml")]
     return PINNCLI(
         PINNModule,
         PINNDataModule,
