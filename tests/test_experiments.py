@@ -483,6 +483,46 @@ def test_comparison_table_sets_another_configuration_beside_the_matrix():
     assert len(rows) == 3 and "| heat |" not in table  # only the variant's PDEs
 
 
+def test_variants_table_sets_several_configurations_beside_the_matrix_with_rank_tests(tmp_path, capsys):
+    from pinn_apts.paper.report import BEGIN, END, VARIANTS_BEGIN, VARIANTS_END, main as report_main, variants_table
+
+    matrix = {("burgers", "apts_d4"): [synthetic("apts_d4", s, 1.0 + s) for s in range(5)],
+              ("burgers", "tr"): [synthetic("tr", s, 0.5 + s) for s in range(5)],
+              ("burgers", "adam"): [synthetic("adam", s, 9.0) for s in range(5)],
+              ("heat", "tr"): [synthetic("tr", s, 1.0) for s in range(3)]}
+    exact = {("burgers", "tr"): [synthetic("tr", s, 0.01 * (1 + s), iterations=50) for s in range(3)],
+             ("burgers", "apts_d4"): [synthetic("apts_d4", s, 2.0 + s) for s in range(3)]}
+    table = variants_table(matrix, {"exact": exact, "sampled": {("burgers", "tr"): exact["burgers", "tr"][:1]}})
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert rows[0] == ("| configuration | seeds | outer iterations | final rel. L2: median [IQR] | last 10%: median [IQR] "
+                       "| p against APTS D=4: final / last 10% | p against TR: final / last 10% |")
+    # the matrix's rows first (no L-BFGS-Wolfe runs: no column), untested; Adam is not among those set beside
+    assert rows[1] == "| APTS D=4 | 5 | 100 | 3 [2, 4] | 3 [2, 4] | — | — |"
+    assert rows[2].startswith("| TR | 5 | 100 | 2.5 [1.5, 3.5] |")
+    # every one of 3 runs below every one of 5: p = 2 / C(8, 3) = 0.036; its own length, 50 iterations
+    # (all of them before the synthetic curve's drop at 90: its last 10% is twice its final error)
+    assert rows[4] == "| TR, exact | 3 | 50 | 0.02 | 0.04 | 0.036 / 0.036 | 0.036 / 0.036 |"
+    assert rows[3].startswith("| APTS D=4, exact | 3 | 100 | 3 | 3 | 1 / 1 |")  # seeds 0-2 of 2 + s against 1 + s
+    assert rows[5].startswith("| TR, sampled | 1 | 50 | 0.01 |") and "Adam" not in table and "#### heat" not in table
+    for folder, records in (("matrix", matrix), ("exact", exact)):
+        (tmp_path / folder).mkdir()
+        for (problem, method), runs in records.items():
+            for r in runs:
+                (tmp_path / folder / f"{problem}_{method}_s{r['seed']}.json").write_text(
+                    json.dumps({**r, "problem": problem, "final_rmse": r["final_rel_l2"], "seconds_per_iteration": 1.0}))
+    doc = tmp_path / "RESULTS.md"
+    doc.write_text(f"# R\n{VARIANTS_BEGIN}\nold\n{VARIANTS_END}\ntext\n{BEGIN}\n{END}\n")
+    report_main(["--results", str(tmp_path / "matrix"), "--variants", str(tmp_path / "exact"), "--update", str(doc)])
+    assert "| TR, exact | 3 | 50 | 0.02 |" in capsys.readouterr().out
+    assert "| TR, exact | 3 | 50 | 0.02 |" in doc.read_text() and "\nold\n" not in doc.read_text()
+    doc.write_text(f"# R\n{BEGIN}\n{END}\n")
+    with pytest.raises(SystemExit, match="no variants markers"):
+        report_main(["--results", str(tmp_path / "matrix"), "--variants", str(tmp_path / "exact"), "--update", str(doc)])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="no results files in .*empty"):
+        report_main(["--results", str(tmp_path / "matrix"), "--variants", str(tmp_path / "empty")])
+
+
 @pytest.mark.parametrize("files, message", [
     ({"a.json": synthetic("tr", 0, 0.1), "b.json": synthetic("tr", 0, 0.2)}, "b.json and a.json are both burgers tr seed 0"),
     ({"a.json": synthetic("tr", 0, 0.1), "b.json": synthetic("tr", 1, 0.1, iterations=50)},

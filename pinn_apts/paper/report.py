@@ -23,7 +23,7 @@ import numpy as np
 __all__ = [
     "PAPER_ACCEPTANCE", "acceptance_table", "comparison_table", "curve", "curve_band", "late_mean", "load_results", "plot_curves",
     "plot_heatmaps", "milestone_table", "provenance_table", "rank_tests", "render_document", "resampling_peaks", "resampling_table",
-    "robust_tables", "summary_tables", "update_document",
+    "robust_tables", "summary_tables", "update_document", "variants_table",
 ]
 
 LABELS = {
@@ -44,6 +44,9 @@ PAPER_STAGE2_TRIES = 1.01
 BEGIN, END = "<!-- report:begin (python -m pinn_apts.paper.report --update docs/RESULTS.md) -->", "<!-- report:end -->"
 #: where it writes the time-to-accuracy tables (``--time``)
 TIME_BEGIN, TIME_END = "<!-- report:time:begin (python -m pinn_apts.paper.report --time ...) -->", "<!-- report:time:end -->"
+#: where it writes the other configurations' table (``--variants``)
+VARIANTS_BEGIN = "<!-- report:variants:begin (python -m pinn_apts.paper.report --variants ...) -->"
+VARIANTS_END = "<!-- report:variants:end -->"
 
 
 def _length(record: dict) -> int | str:
@@ -213,6 +216,37 @@ def comparison_table(groups: dict[tuple[str, str], list[dict]], variant: dict[tu
                          f"| {_p(_mann_whitney(final, other_final))} | {_median_iqr(other_late)} "
                          f"| {_p(_mann_whitney(late, other_late))} |")
     return "\n".join(lines) + "\n"
+
+
+def variants_table(groups: dict[tuple[str, str], list[dict]], variants: dict[str, dict[tuple[str, str], list[dict]]],
+                   against: tuple[str, ...] = ("apts_d4", "lbfgs_wolfe", "tr")) -> str:
+    """Other configurations' runs (each a folder, e.g. ``results/least_squares``, under its label) in one
+    table per PDE beside the matrix's ``against`` methods: outer iterations, final error and last-10%
+    mean as median [IQR], and for each variant row the two-sided Mann-Whitney p against each
+    ``against`` method, on the final error / on the last 10%.  The compact form of
+    :func:`comparison_table` for several folders at once."""
+    lines = []
+    for problem in sorted({p for variant in variants.values() for p, _ in variant}):
+        matrix = [(m, groups[problem, m]) for m in against if groups.get((problem, m))]
+        lines += [f"#### {problem}", "",
+                  "| configuration | seeds | outer iterations | final rel. L2: median [IQR] | last 10%: median [IQR] | "
+                  + " | ".join(f"p against {LABELS[m]}: final / last 10%" for m, _ in matrix) + " |",
+                  "|---" * (5 + len(matrix)) + "|"]
+        rows = [(LABELS[m], records, None) for m, records in matrix]
+        rows += [(f"{LABELS[m]}, {label}", variant[problem, m], True)
+                 for label, variant in variants.items() for (p, m) in sorted(variant, key=lambda k: list(LABELS).index(k[1]))
+                 if p == problem]
+        for name, records, tested in rows:
+            final, late = _summaries(records)
+            lengths = sorted({str(_length(r)) for r in records})
+            cells = [name, str(len(records)), ", ".join(lengths), _median_iqr(final), _median_iqr(late)]
+            for _, other in matrix:
+                other_final, other_late = _summaries(other)
+                cells.append(f"{_p(_mann_whitney(final, other_final))} / {_p(_mann_whitney(late, other_late))}"
+                             if tested else "—")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def rank_tests(groups: dict[tuple[str, str], list[dict]], alpha: float = 0.05) -> str:
@@ -401,16 +435,21 @@ def render_document(text: str, groups: dict[tuple[str, str], list[dict]], period
     return head + BEGIN + body + END + tail
 
 
-def update_document(path: Path, groups: dict[tuple[str, str], list[dict]], timing: str | None = None) -> None:
+def update_document(path: Path, groups: dict[tuple[str, str], list[dict]], timing: str | None = None,
+                    variants: str | None = None) -> None:
     """Rewrite the tables between the report markers of a Markdown file (see :func:`render_document`),
-    and ``timing`` (the time-to-accuracy tables), if given, between the time markers."""
+    ``timing`` (the time-to-accuracy tables), if given, between the time markers, and ``variants``
+    (:func:`variants_table`), if given, between the variants markers."""
     text = render_document(Path(path).read_text(), groups)
-    if timing is not None:
-        if TIME_BEGIN not in text or TIME_END not in text:
-            raise ValueError(f"no time markers in {path}: put the lines {TIME_BEGIN!r} and {TIME_END!r} where the "
-                             "time-to-accuracy tables go")
-        head, rest = text.split(TIME_BEGIN, 1)
-        text = head + TIME_BEGIN + "\n\n" + timing + "\n" + TIME_END + rest.split(TIME_END, 1)[1]
+    for tables, begin, end, what in ((timing, TIME_BEGIN, TIME_END, "time-to-accuracy tables"),
+                                     (variants, VARIANTS_BEGIN, VARIANTS_END, "other configurations' table")):
+        if tables is None:
+            continue
+        if begin not in text or end not in text:
+            raise ValueError(f"no {begin.split()[1].removeprefix('report:').removesuffix(':begin')} markers in "
+                             f"{path}: put the lines {begin!r} and {end!r} where the {what} go")
+        head, rest = text.split(begin, 1)
+        text = head + begin + "\n\n" + tables + "\n" + end + rest.split(end, 1)[1]
     Path(path).write_text(text)
 
 
@@ -528,6 +567,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="a folder of another configuration's runs (e.g. results/gauss_newton): print them beside "
                              "the matrix's, with rank tests")
     parser.add_argument("--label", default=None, help="the other configuration's name in that table (default: the folder's)")
+    parser.add_argument("--variants", type=Path, nargs="+", default=None, metavar="FOLDER",
+                        help="folders of other configurations' runs (e.g. results/least_squares results/least_squares_rad): "
+                             "one table per PDE beside the matrix's APTS D=4, L-BFGS-Wolfe and TR, with rank tests "
+                             "(with --update, between the variants markers)")
     parser.add_argument("--time", type=Path, nargs="+", default=None, metavar="FOLDER",
                         help="the time-to-accuracy view of these folders' runs (a later folder's runs of a method "
                              "replace an earlier one's): seconds to each error level, error at each budget, and with "
@@ -543,6 +586,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         groups = load_results(args.results)
         variant = load_results(args.compare) if args.compare is not None else None
+        others = {folder.name: load_results(folder) for folder in args.variants or []}
         series = time_series(args.time, args.time_beside) if args.time else None
         timing = time_tables(series) if series else None
         if series:  # how soon each method reaches the paper's APTS D = 4 (of the first --time folder)
@@ -564,10 +608,18 @@ def main(argv: list[str] | None = None) -> None:
         if not variant:
             raise SystemExit(f"no results files in {args.compare}")
         print(comparison_table(groups, variant, args.label or args.compare.name))
+    if empty := [str(folder) for folder in args.variants or [] if not others[folder.name]]:
+        raise SystemExit(f"no results files in {', '.join(empty)}")
+    compared = variants_table(groups, others) if others else None
+    if compared is not None:
+        print(compared)
     if timing is not None:
         print(timing)
     if args.update is not None:
-        update_document(args.update, groups, timing)
+        try:
+            update_document(args.update, groups, timing, compared)
+        except ValueError as err:
+            raise SystemExit(f"report: {err}") from None
     if args.figures is not None:
         for d in (2, 4, 8):
             if any(m == f"apts_d{d}" for _, m in groups):
