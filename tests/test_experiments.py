@@ -389,6 +389,26 @@ def test_results_document_matches_the_committed_results():
     )
 
 
+@pytest.mark.repro
+def test_results_document_shows_the_committed_runs_of_the_other_configurations():
+    """docs/RESULTS.md's section on the least-squares steps shows the files committed in their folders."""
+    from pathlib import Path
+
+    from pinn_apts.paper.report import VARIANTS_BEGIN, VARIANTS_END, load_results, variants_table
+
+    root = Path(__file__).resolve().parents[1]
+    folders = ["least_squares", "least_squares_rad", "least_squares_500", "gauss_newton"]
+    text = (root / "docs" / "RESULTS.md").read_text()
+    command = "--variants " + " ".join(f"results/{name}" for name in folders)
+    assert command in text.split(VARIANTS_BEGIN)[0].replace("\n", " ")  # the command the section names
+    shown = text.split(VARIANTS_BEGIN)[1].split(VARIANTS_END)[0].strip()
+    expected = variants_table(load_results(root / "results"), {f: load_results(root / "results" / f) for f in folders})
+    assert shown == expected.strip(), (
+        f"docs/RESULTS.md's least-squares section is stale: run python -m pinn_apts.paper.report --results results "
+        f"{command} --update docs/RESULTS.md"
+    )
+
+
 def test_resampling_peaks_on_a_synthetic_curve():
     from pinn_apts.paper.report import resampling_peaks
 
