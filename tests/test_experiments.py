@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -538,6 +539,9 @@ def test_variants_table_sets_several_configurations_beside_the_matrix_with_rank_
     doc.write_text(f"# R\n{BEGIN}\n{END}\n")
     with pytest.raises(SystemExit, match="no variants markers"):
         report_main(["--results", str(tmp_path / "matrix"), "--variants", str(tmp_path / "exact"), "--update", str(doc)])
+    shutil.copytree(tmp_path / "exact", tmp_path / "copy" / "exact")
+    with pytest.raises(SystemExit, match="2"):  # two folders of one name: their rows' labels would be one
+        report_main(["--results", str(tmp_path / "matrix"), "--variants", str(tmp_path / "exact"), str(tmp_path / "copy" / "exact")])
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no results files in .*empty"):
         report_main(["--results", str(tmp_path / "matrix"), "--variants", str(tmp_path / "empty")])

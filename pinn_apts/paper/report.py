@@ -441,13 +441,13 @@ def update_document(path: Path, groups: dict[tuple[str, str], list[dict]], timin
     ``timing`` (the time-to-accuracy tables), if given, between the time markers, and ``variants``
     (:func:`variants_table`), if given, between the variants markers."""
     text = render_document(Path(path).read_text(), groups)
-    for tables, begin, end, what in ((timing, TIME_BEGIN, TIME_END, "time-to-accuracy tables"),
-                                     (variants, VARIANTS_BEGIN, VARIANTS_END, "other configurations' table")):
+    for tables, name, begin, end, what in ((timing, "time", TIME_BEGIN, TIME_END, "time-to-accuracy tables"),
+                                           (variants, "variants", VARIANTS_BEGIN, VARIANTS_END,
+                                            "other configurations' table")):
         if tables is None:
             continue
         if begin not in text or end not in text:
-            raise ValueError(f"no {begin.split()[1].removeprefix('report:').removesuffix(':begin')} markers in "
-                             f"{path}: put the lines {begin!r} and {end!r} where the {what} go")
+            raise ValueError(f"no {name} markers in {path}: put the lines {begin!r} and {end!r} where the {what} go")
         head, rest = text.split(begin, 1)
         text = head + begin + "\n\n" + tables + "\n" + end + rest.split(end, 1)[1]
     Path(path).write_text(text)
@@ -581,6 +581,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.time_beside and not args.time:
         parser.error("--time-beside goes with --time FOLDER ...")
+    if args.variants and len({folder.name for folder in args.variants}) < len(args.variants):
+        parser.error("--variants: two folders of one name (a folder's name labels its rows)")
     from .timeview import catch_up_table, plot_time, time_series, time_tables
 
     try:
