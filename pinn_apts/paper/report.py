@@ -233,9 +233,8 @@ def variants_table(groups: dict[tuple[str, str], list[dict]], variants: dict[str
                   + " | ".join(f"p against {LABELS[m]}: final / last 10%" for m, _ in matrix) + " |",
                   "|---" * (5 + len(matrix)) + "|"]
         rows = [(LABELS[m], records, None) for m, records in matrix]
-        rows += [(f"{LABELS[m]}, {label}", variant[problem, m], True)
-                 for label, variant in variants.items() for (p, m) in sorted(variant, key=lambda k: list(LABELS).index(k[1]))
-                 if p == problem]
+        rows += [(f"{LABELS[m]}, {label}", records, True)
+                 for label, variant in variants.items() for _, m, records in _rows(variant, problem)]
         for name, records, tested in rows:
             final, late = _summaries(records)
             lengths = sorted({str(_length(r)) for r in records})

@@ -3,9 +3,10 @@
 ``pinn-apts fit`` trains the embedded default, the recommended configuration
 (``default.yaml``, then ``least_squares_rad/burgers_apts_d4.yaml`` and ``recommended.yaml``'s 500
 iterations: least-squares APTS with residual-based points, not the paper's method);
-``pinn-apts fit --config FILE`` any other, which starts from ``default.yaml`` alone (the paper's APTS and the trainer settings every config
-shares), with overrides such as ``--trainer.max_steps 200``; ``pinn-apts fit --print_config``
-prints the full configuration to start a new one from.
+``pinn-apts fit --config FILE`` any other, which starts from ``default.yaml`` alone (the paper's
+APTS and the trainer settings every config shares), with overrides such as
+``--trainer.max_steps 200``; ``pinn-apts fit --print_config`` prints the full configuration to
+start a new one from.
 
 Exit status of the console script (:func:`main`): 0 after a finished run; ``128 + N`` after
 a run stopped by signal ``N`` (130 for Ctrl-C, 143 for SIGTERM; ``last.ckpt`` then holds the
