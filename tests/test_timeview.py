@@ -119,6 +119,12 @@ def test_a_later_folder_replaces_a_method_and_the_figure_draws_every_method(tmp_
     assert (tmp_path / "time_heat.png").stat().st_size > 5_000
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert labels == ["Adam, budget", "TR, matrix"]
+    from matplotlib.colors import to_hex
+
+    # twelve methods in one panel (the report's with --time-beside): no two lines look alike
+    many = {("heat", f"method {i}"): series["heat", "Adam, budget"] for i in range(12)}
+    looks = [(to_hex(line.get_color()), line.get_linestyle()) for line in plot_time(many, "heat").axes[0].get_lines()]
+    assert len(looks) == 12 and len(set(looks)) == 12
 
 
 def test_a_folder_beside_replaces_nothing_and_comes_after(tmp_path, capsys):

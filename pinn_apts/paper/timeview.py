@@ -270,8 +270,10 @@ def plot_time(series: Series, problem: str, path: Path | None = None):
             continue
         low, median, high = np.nanpercentile(values[:, shown], [25, 50, 75], axis=0)
         mark = "" if all(run.measured for run in runs) else " (≈ s)"
-        ax.plot(grid[shown], median, lw=1.2, color=f"C{i}", label=f"{label}{mark}")
-        ax.fill_between(grid[shown], low, high, color=f"C{i}", alpha=0.2, lw=0)
+        # ten colours in matplotlib's cycle: past ten methods the line style tells them apart
+        ax.plot(grid[shown], median, lw=1.2, color=f"C{i % 10}", ls=("-", "--", ":")[i // 10 % 3],
+                label=f"{label}{mark}")
+        ax.fill_between(grid[shown], low, high, color=f"C{i % 10}", alpha=0.2, lw=0)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("wall-clock seconds")
