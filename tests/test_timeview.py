@@ -6,6 +6,7 @@ import pytest
 
 from pinn_apts.paper.report import main as report_main
 from pinn_apts.paper.timeview import (
+    budget_tests,
     catch_up_table,
     check_one_machine,
     error_at,
@@ -54,6 +55,31 @@ def test_catch_up_says_how_soon_each_method_reaches_the_references_final_error()
     assert "| APTS | 4 | never [52.5, never] (2/4) | — |" in table
     assert "| fast | 3 | 5 | 9.5 |" in table  # 47.5 / 5 and "| slow | 1 | never (0/1) | — |" in table
     assert "laplace" not in table  # no reference there
+
+
+def test_budget_tests_name_the_pairs_apart_at_a_budget_and_leave_out_runs_that_ended():
+    # five runs each, errors at 5 s spread by +0-40% over seeds: "short" 1e-6 (and it ends at 20 s), "low"
+    # 1e-4, "high" 1e-3; "cold" is still warming up at 10 s (first point at 12 s), then equals "high"
+    def runs(method, seconds, scale):
+        return [record(method, s, seconds, [1e-2, scale * (1 + 0.1 * s), scale]) for s in range(5)]
+
+    series = {("heat", "short"): runs("lbfgs", [1, 5, 20], 1e-6), ("heat", "low"): runs("tr", [1, 5, 40], 1e-4),
+              ("heat", "high"): runs("adam", [1, 5, 40], 1e-3), ("heat", "cold"): runs("apts_d4", [12, 13, 40], 1e-3)}
+    for s, r in enumerate(series["heat", "cold"]):  # its first point, at 12 s, is already "high"'s level
+        r["curves"]["error/rel_l2"][0] = (0, 1e-3 * (1 + 0.1 * s))
+    table = budget_tests(series, budgets=(10, 25))
+    rows = [line for line in table.splitlines() if line.startswith(("| 10 s", "| 25 s"))]
+    # at 10 s every pair is apart (the cold runs' warm-up ties them, so their p is the normal approximation's)
+    assert rows[:6] == ["| 10 s | short | low | 1.2e-06 / 0.00012 | 0.0079 |",
+                        "| 10 s | short | high | 1.2e-06 / 0.0012 | 0.0079 |",
+                        "| 10 s | short | cold | 1.2e-06 / warm-up | 0.0075 |",
+                        "| 10 s | low | high | 0.00012 / 0.0012 | 0.0079 |",
+                        "| 10 s | low | cold | 0.00012 / warm-up | 0.0075 |",
+                        "| 10 s | high | cold | 0.0012 / warm-up | 0.0075 |"]
+    # at 25 s "short" has ended (not tested) and "cold" equals "high" (p = 1, no row)
+    assert rows[6:] == ["| 25 s | low | high | 0.00012 / 0.0012 | 0.0079 |",
+                        "| 25 s | low | cold | 0.00012 / 0.0012 | 0.0079 |"]
+    assert "9 pairs tested at 10, 25 s" in table
 
 
 def test_seconds_to_reach_and_error_at_a_budget_count_every_run():

@@ -572,8 +572,9 @@ def main(argv: list[str] | None = None) -> None:
                              "(with --update, between the variants markers)")
     parser.add_argument("--time", type=Path, nargs="+", default=None, metavar="FOLDER",
                         help="the time-to-accuracy view of these folders' runs (a later folder's runs of a method "
-                             "replace an earlier one's): seconds to each error level, error at each budget, and with "
-                             "--figures time_<pde>.png")
+                             "replace an earlier one's): seconds to each error level, error at each budget, the pairs "
+                             "of methods whose errors at a budget differ beyond the spread, and with --figures "
+                             "time_<pde>.png")
     parser.add_argument("--time-beside", type=Path, nargs="+", default=[], metavar="FOLDER",
                         help="with --time: folders of another configuration of the same methods (e.g. "
                              "results/least_squares), shown beside those of --time, replacing none")
@@ -582,7 +583,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--time-beside goes with --time FOLDER ...")
     if args.variants and len({folder.name for folder in args.variants}) < len(args.variants):
         parser.error("--variants: two folders of one name (a folder's name labels its rows)")
-    from .timeview import catch_up_table, plot_time, time_series, time_tables
+    from .timeview import budget_tests, catch_up_table, plot_time, time_series, time_tables
 
     try:
         groups = load_results(args.results)
@@ -616,6 +617,7 @@ def main(argv: list[str] | None = None) -> None:
         print(compared)
     if timing is not None:
         print(timing)
+        print(budget_tests(series))  # printed only: the evidence behind RESULTS.md's "Which method should I use?"
     if args.update is not None:
         try:
             update_document(args.update, groups, timing, compared)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "BUDGETS", "THRESHOLDS", "Trace", "catch_up_table", "check_one_machine", "error_at", "plot_time", "quantiles",
+    "BUDGETS", "THRESHOLDS", "Trace", "budget_tests", "catch_up_table", "check_one_machine", "error_at", "plot_time", "quantiles",
     "seconds_to_reach", "time_series", "time_tables", "trace",
 ]
 
@@ -217,6 +217,37 @@ def time_tables(series: Series, thresholds: dict[str, tuple[float, ...]] = THRES
                 cells.append(cell if len(values) == len(runs) else f"{cell}, {len(values)} of {len(runs)} ran this long")
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
+    return "\n".join(lines)
+
+
+def budget_tests(series: Series, budgets: tuple[float, ...] = BUDGETS, level: float = 0.05) -> str:
+    """Per PDE, the pairs of methods whose errors after a budget differ beyond the spread over seeds: the
+    two-sided Mann-Whitney p of the runs' errors at that budget below ``level``, lower method first,
+    with both medians.  A pair is tested only where every run of both ran that long (a run still in
+    its warm-up counts as the highest error); the line under each table says how many were."""
+    from .report import _mann_whitney
+
+    lines = []
+    for problem in sorted({p for p, _ in series}):
+        rows = [(label, [trace(r) for r in records]) for (p, label), records in series.items() if p == problem]
+        lines += [f"#### {problem}: errors after a budget, beyond the spread (p < {level:g})", "",
+                  "| budget | lower | higher | medians | p |", "|---|---|---|---|---|"]
+        tested = 0
+        for budget in budgets:
+            errors = {label: [error_at(run, budget) for run in runs] for label, runs in rows}
+            alive = [label for label, _ in rows if None not in errors[label]]
+            for i, a in enumerate(alive):
+                for b in alive[i + 1:]:
+                    p = _mann_whitney(errors[a], errors[b])
+                    if p is None:
+                        continue
+                    tested += 1
+                    if p < level:
+                        (low, high) = (a, b) if np.median(errors[a]) < np.median(errors[b]) else (b, a)
+                        lines.append(f"| {budget:g} s | {low} | {high} | {_g(float(np.median(errors[low])), 'warm-up')} / "
+                                     f"{_g(float(np.median(errors[high])), 'warm-up')} | {p:.2g} |")
+        lines += ["", f"{tested} pairs tested at {', '.join(f'{b:g}' for b in budgets)} s; about "
+                  f"{tested * level:.1f} would fall below p = {level:g} by chance if no two methods differed.", ""]
     return "\n".join(lines)
 
 
