@@ -415,8 +415,8 @@ def test_results_document_shows_the_time_view_of_the_committed_runs():
     """docs/RESULTS.md's time-to-accuracy tables are those of the committed matrix, budget and least-squares runs."""
     from pathlib import Path
 
-    from pinn_apts.paper.report import LABELS, TIME_BEGIN, TIME_END
-    from pinn_apts.paper.timeview import catch_up_table, time_series, time_tables
+    from pinn_apts.paper.report import TIME_BEGIN, TIME_END, time_document
+    from pinn_apts.paper.timeview import time_series
 
     root = Path(__file__).resolve().parents[1]
     beside = ["results/least_squares_rad", "results/least_squares_500", "results/least_squares"]
@@ -424,7 +424,7 @@ def test_results_document_shows_the_time_view_of_the_committed_runs():
     command = "--time results results/budget --time-beside " + " ".join(beside)
     assert command in text.split(TIME_BEGIN)[0]  # the command the section names
     series = time_series([root / "results", root / "results" / "budget"], [root / f for f in beside])
-    expected = time_tables(series) + "\n" + catch_up_table(series, f"{LABELS['apts_d4']}, results")
+    expected = time_document(series, "results")
     shown = text.split(TIME_BEGIN)[1].split(TIME_END)[0].strip()
     assert shown == expected.strip(), (
         f"docs/RESULTS.md's time-to-accuracy tables are stale: run python -m pinn_apts.paper.report --results results "

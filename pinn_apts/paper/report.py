@@ -434,6 +434,14 @@ def render_document(text: str, groups: dict[tuple[str, str], list[dict]], period
     return head + BEGIN + body + END + tail
 
 
+def time_document(series: dict[tuple[str, str], list[dict]], first_folder: str) -> str:
+    """What RESULTS.md's time-to-accuracy section holds: the time view's tables, then how soon each method
+    reaches the paper's APTS D = 4 (the runs of ``first_folder``, the first ``--time`` folder)."""
+    from .timeview import catch_up_table, time_tables
+
+    return time_tables(series) + "\n" + catch_up_table(series, f"{LABELS['apts_d4']}, {first_folder}")
+
+
 def update_document(path: Path, groups: dict[tuple[str, str], list[dict]], timing: str | None = None,
                     variants: str | None = None) -> None:
     """Rewrite the tables between the report markers of a Markdown file (see :func:`render_document`),
@@ -583,16 +591,14 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--time-beside goes with --time FOLDER ...")
     if args.variants and len({folder.name for folder in args.variants}) < len(args.variants):
         parser.error("--variants: two folders of one name (a folder's name labels its rows)")
-    from .timeview import budget_tests, catch_up_table, plot_time, time_series, time_tables
+    from .timeview import budget_tests, plot_time, time_series
 
     try:
         groups = load_results(args.results)
         variant = load_results(args.compare) if args.compare is not None else None
         others = {folder.name: load_results(folder) for folder in args.variants or []}
         series = time_series(args.time, args.time_beside) if args.time else None
-        timing = time_tables(series) if series else None
-        if series:  # how soon each method reaches the paper's APTS D = 4 (of the first --time folder)
-            timing += "\n" + catch_up_table(series, f"{LABELS['apts_d4']}, {args.time[0].name}")
+        timing = time_document(series, args.time[0].name) if series else None
     except ValueError as err:
         raise SystemExit(f"report: {err}") from None
     if not groups:

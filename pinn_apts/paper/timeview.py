@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "BUDGETS", "THRESHOLDS", "Trace", "budget_tests", "catch_up_table", "check_one_machine", "error_at", "plot_time", "quantiles",
-    "seconds_to_reach", "time_series", "time_tables", "trace",
+    "BUDGETS", "THRESHOLDS", "Trace", "budget_tests", "catch_up_table", "check_one_machine", "error_at", "plot_time",
+    "quantiles", "seconds_to_reach", "time_series", "time_tables", "trace",
 ]
 
 #: error levels (relative L2) of the time-to-accuracy tables, by PDE: from where every second-order
@@ -102,6 +102,11 @@ def trace(record: dict) -> Trace:
     total = np.cumsum([per_iteration[k] for k in steps])
     kept = [k for k in steps if k in errors]
     return Trace(total[kept], np.array([errors[k] for k in kept]), False)
+
+
+def _traces(series: Series, problem: str) -> list[tuple[str, list[Trace]]]:
+    """The runs of ``problem`` as traces, by label, in the series' order."""
+    return [(label, [trace(r) for r in records]) for (p, label), records in series.items() if p == problem]
 
 
 def seconds_to_reach(run: Trace, threshold: float) -> float:
@@ -195,7 +200,7 @@ def time_tables(series: Series, thresholds: dict[str, tuple[float, ...]] = THRES
     lines = [note] if note else []
     for problem in sorted({p for p, _ in series}):
         levels = thresholds.get(problem, ())
-        rows = [(label, [trace(r) for r in records]) for (p, label), records in series.items() if p == problem]
+        rows = _traces(series, problem)
         lines += [f"#### {problem}: seconds to reach a relative L2 error", "",
                   "| method | runs | warm-up s | run length s | " + " | ".join(f"≤ {t:g}" for t in levels) + " |",
                   "|---|---|---|---|" + "---|" * len(levels)]
@@ -229,7 +234,7 @@ def budget_tests(series: Series, budgets: tuple[float, ...] = BUDGETS, level: fl
 
     lines = []
     for problem in sorted({p for p, _ in series}):
-        rows = [(label, [trace(r) for r in records]) for (p, label), records in series.items() if p == problem]
+        rows = _traces(series, problem)
         lines += [f"#### {problem}: errors after a budget, beyond the spread (p < {level:g})", "",
                   "| budget | lower | higher | medians | p |", "|---|---|---|---|---|"]
         tested = 0
@@ -285,7 +290,7 @@ def plot_time(series: Series, problem: str, path: Path | None = None):
     from matplotlib.figure import Figure
 
     check_one_machine(series)
-    rows = [(label, [trace(r) for r in records]) for (p, label), records in series.items() if p == problem]
+    rows = _traces(series, problem)
     start = min(run.warm_up for _, runs in rows for run in runs)
     stop = max(run.end for _, runs in rows for run in runs)
     grid = np.geomspace(start, stop, 400)
