@@ -569,7 +569,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--update", type=Path, default=None,
                         help="rewrite the tables between the report markers of this Markdown file")
-    parser.add_argument("--figures", type=Path, default=None, help="write apts_d{2,4,8}.png and heatmaps.png here (and time_<pde>.png with --time)")
+    parser.add_argument("--figures", type=Path, default=None,
+                        help="write apts_d{2,4,8}.png and heatmaps.png here (and time_<pde>.png with --time)")
     parser.add_argument("--compare", type=Path, default=None,
                         help="a folder of another configuration's runs (e.g. results/gauss_newton): print them beside "
                              "the matrix's, with rank tests")

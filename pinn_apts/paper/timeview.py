@@ -241,6 +241,7 @@ def budget_tests(series: Series, budgets: tuple[float, ...] = BUDGETS, level: fl
         for budget in budgets:
             errors = {label: [error_at(run, budget) for run in runs] for label, runs in rows}
             alive = [label for label, _ in rows if None not in errors[label]]
+            median = {label: quantiles(errors[label])[0] for label in alive}  # as the tables' medians
             for i, a in enumerate(alive):
                 for b in alive[i + 1:]:
                     p = _mann_whitney(errors[a], errors[b])
@@ -248,9 +249,9 @@ def budget_tests(series: Series, budgets: tuple[float, ...] = BUDGETS, level: fl
                         continue
                     tested += 1
                     if p < level:
-                        (low, high) = (a, b) if np.median(errors[a]) < np.median(errors[b]) else (b, a)
-                        lines.append(f"| {budget:g} s | {low} | {high} | {_g(float(np.median(errors[low])), 'warm-up')} / "
-                                     f"{_g(float(np.median(errors[high])), 'warm-up')} | {p:.2g} |")
+                        low, high = (a, b) if median[a] < median[b] else (b, a)
+                        lines.append(f"| {budget:g} s | {low} | {high} | {_g(median[low], 'warm-up')} / "
+                                     f"{_g(median[high], 'warm-up')} | {p:.2g} |")
         lines += ["", f"{tested} pairs tested at {', '.join(f'{b:g}' for b in budgets)} s; about "
                   f"{tested * level:.1f} would fall below p = {level:g} by chance if no two methods differed.", ""]
     return "\n".join(lines)
