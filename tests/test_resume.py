@@ -172,6 +172,30 @@ def test_signal_stops_after_the_iteration_and_resume_is_exact(tmp_path, signum):
     assert resumed.optimizers().optimizer.state["trust_region"] == straight.optimizers().optimizer.state["trust_region"]
 
 
+class DieAt(Callback):
+    """Raise (as a killed process would stop, with no checkpoint at the end) when ``iteration`` starts."""
+
+    def __init__(self, iteration):
+        self.iteration = iteration
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.iteration:
+            raise SystemExit("killed")
+
+
+def test_a_run_stopped_before_its_first_periodic_checkpoint_keeps_resuming_from_its_newest(tmp_path):
+    # stopped by a signal before the first periodic save: the last.ckpt written then must not turn the
+    # resumed run's saves into last-v1.ckpt (resuming again from last.ckpt would then repeat work)
+    checkpointing(tmp_path, 9, every=3, callbacks=[SignalAt(1, signal.SIGTERM)]).fit(
+        AdamPINN(problem="heat", seed=1), data("heat"))
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 2
+    with pytest.raises(SystemExit, match="killed"):
+        checkpointing(tmp_path, 9, every=3, callbacks=[DieAt(7)]).fit(
+            AdamPINN(problem="heat", seed=1), data("heat"), ckpt_path=str(tmp_path / "last.ckpt"))
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["last.ckpt"]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
 class Poisoned(Heat):
     """Heat whose residual turns NaN after ``allowed`` more evaluations, once armed."""
 

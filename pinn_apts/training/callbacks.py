@@ -37,13 +37,14 @@ log = logging.getLogger(__name__)
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def _keeping_last(trainer: L.Trainer) -> list[ModelCheckpoint]:
+    return [cb for cb in trainer.checkpoint_callbacks
+            if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath is not None]
+
+
 def last_checkpoint_paths(trainer: L.Trainer) -> list[Path]:
     """``last.ckpt`` of every :class:`ModelCheckpoint` of ``trainer`` that keeps one."""
-    return [
-        Path(cb.format_checkpoint_name({}, cb.CHECKPOINT_NAME_LAST))
-        for cb in trainer.checkpoint_callbacks
-        if isinstance(cb, ModelCheckpoint) and cb.save_last and cb.dirpath is not None
-    ]
+    return [Path(cb.format_checkpoint_name({}, cb.CHECKPOINT_NAME_LAST)) for cb in _keeping_last(trainer)]
 
 
 class GracefulStop(Callback):
@@ -101,7 +102,12 @@ class GracefulStop(Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._restore()
-        for path in last_checkpoint_paths(trainer):
+        for cb in _keeping_last(trainer):
+            path = cb.format_checkpoint_name({}, cb.CHECKPOINT_NAME_LAST)
+            # as ModelCheckpoint does before it saves: the state saved names this file as the last one, so a
+            # run resumed from it goes on writing last.ckpt (not last-v1.ckpt beside it, which a later resume
+            # from last.ckpt would not see) even when the callback had saved none before
+            cb.last_model_path = path
             trainer.save_checkpoint(path, weights_only=False)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
