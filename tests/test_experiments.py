@@ -398,7 +398,7 @@ def test_results_document_shows_the_committed_runs_of_the_other_configurations()
     from pinn_apts.paper.report import VARIANTS_BEGIN, VARIANTS_END, load_results, variants_table
 
     root = Path(__file__).resolve().parents[1]
-    folders = ["least_squares", "least_squares_rad", "least_squares_500", "gauss_newton"]
+    folders = ["least_squares", "least_squares_rad", "least_squares_rad_2000", "least_squares_500", "gauss_newton"]
     text = (root / "docs" / "RESULTS.md").read_text()
     command = "--variants " + " ".join(f"results/{name}" for name in folders)
     assert command in text.split(VARIANTS_BEGIN)[0].replace("\n", " ")  # the command the section names
@@ -624,8 +624,10 @@ def _in_history(commit: str) -> bool:
     ("least_squares/heat_tr_s0.json", CONFIG_DIR / "least_squares", 5),
     ("least_squares_10k/burgers_tr_s0.json", CONFIG_DIR / "least_squares_10k", 5),  # its configs: after 6ef9649
     ("least_squares_500/heat_tr_s0.json", CONFIG_DIR / "least_squares", 5),
-    ("least_squares_rad/burgers_tr_s0.json", CONFIG_DIR / "least_squares_rad", 12),  # the points of iteration 10:
-])                                                                                     # chosen by theta_10's residuals
+    # residual-based points: those of iteration 10, chosen by theta_10's residuals, are in the comparison
+    ("least_squares_rad/burgers_tr_s0.json", CONFIG_DIR / "least_squares_rad", 12),
+    ("least_squares_rad_2000/heat_apts_d4_s0.json", CONFIG_DIR / "least_squares_rad", 3),
+])
 def test_a_committed_results_file_reruns_bit_for_bit_with_the_code_of_its_commit(tmp_path, capfd, name, configs,
                                                                                  iterations):
     """The promise a results file makes: the first outer iterations of a committed run, rerun from its
@@ -704,7 +706,7 @@ def test_check_refuses_a_file_without_a_commit_and_a_missing_file(tmp_path, caps
 @pytest.mark.parametrize("pattern", ["burgers_*", "heat_*", "laplace_*", "gauss_newton/*", "budget/*",
                                      "least_squares/*", "least_squares_10k/*", "least_squares_500/*",
                                      "least_squares_rad/burgers_*", "least_squares_rad/heat_*",
-                                     "least_squares_rad/laplace_*"])
+                                     "least_squares_rad/laplace_*", "least_squares_rad_2000/*"])
 def test_committed_results_come_from_one_clean_commit_of_main(pattern):
     records = [json.loads(path.read_text()) for path in COMMITTED.glob(f"{pattern}.json")]
     commits = {record.get("provenance", {}).get("commit") for record in records}
