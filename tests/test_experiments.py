@@ -624,7 +624,7 @@ def _in_history(commit: str) -> bool:
     ("least_squares/heat_tr_s0.json", CONFIG_DIR / "least_squares", 5),
     ("least_squares_10k/burgers_tr_s0.json", CONFIG_DIR / "least_squares_10k", 5),  # its configs: after 6ef9649
     ("least_squares_500/heat_tr_s0.json", CONFIG_DIR / "least_squares", 5),
-    # residual-based points: those of iteration 10, chosen by theta_10's residuals, are in the comparison
+    # residual-based points: 12 iterations compare those of iteration 10 too (chosen by theta_10's residuals)
     ("least_squares_rad/burgers_tr_s0.json", CONFIG_DIR / "least_squares_rad", 12),
     ("least_squares_rad_2000/heat_apts_d4_s0.json", CONFIG_DIR / "least_squares_rad", 3),
 ])
